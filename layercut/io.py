@@ -24,6 +24,7 @@ def atomic_dir(out: str | Path, overwrite: bool = False) -> Iterator[Path]:
         raise LayercutError(f"output '{out}' already exists: choose another --out or pass --overwrite")
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700; the result should look like mkdir's
     try:
         yield tmp
     except BaseException:
@@ -49,7 +50,14 @@ def atomic_file(out: str | Path, overwrite: bool = False) -> Iterator[Path]:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+    os.chmod(tmp, 0o666 & ~_umask())
     tmp.replace(out)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def sha256(path: str | Path) -> str:

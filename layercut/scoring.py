@@ -161,3 +161,220 @@ class LayerScores:
                 )
         return pd.DataFrame(rows)
 
+
+
+# --------------------------------------------------------------------------- the streaming pass
+
+
+@dataclass
+class Batch:
+    """One forward's worth of encoded samples, all of one domain."""
+
+    domain: str
+    inputs: dict[str, torch.Tensor]  # model kwargs; attention_mask marks padding
+    samples: int = 0
+
+
+class _Domain:
+    """Running sums for one domain (float64, on the layer's device until the end)."""
+
+    def __init__(self, num_layers: int, device: torch.device) -> None:
+        L = num_layers
+        self.cos = torch.zeros(L, dtype=torch.float64, device=device)
+        self.ang = torch.zeros(L, dtype=torch.float64, device=device)
+        self.tokens = torch.zeros(L, dtype=torch.long, device=device)
+        self.zero = torch.zeros(L, dtype=torch.long, device=device)
+        # block[l, n-1] sums d(l, n) over units (samples or tokens); block_n counts them per pair
+        self.block = torch.zeros(L, L, dtype=torch.float64, device=device)
+        self.block_n = torch.zeros(L, L, dtype=torch.long, device=device)
+        self.samples = 0
+        self.units = 0
+
+    def result(self) -> DomainScores:
+        L = self.cos.shape[0]
+        tokens = self.tokens.cpu()
+        safe = tokens.clamp(min=1).double()
+        block = (self.block.cpu() / self.block_n.cpu().clamp(min=1)).tolist()
+        return DomainScores(
+            cosine=(self.cos.cpu() / safe).tolist(),
+            angular=(self.ang.cpu() / safe).tolist(),
+            tokens=tokens.tolist(),
+            zero_norm=self.zero.cpu().tolist(),
+            samples=self.samples,
+            block_distance=[block[l][: L - l] for l in range(L)],
+            block_samples=self.units,
+        )
+
+
+def token_scope_mask(
+    scope: str, attention_mask: torch.Tensor, image_mask: torch.Tensor
+) -> torch.Tensor:
+    """[B, T] bool: the tokens a scope counts. Padding never counts."""
+    valid = attention_mask.bool()
+    if scope == "all":
+        return valid
+    if scope == "text":
+        return valid & ~image_mask
+    if scope == "image":
+        return valid & image_mask
+    if scope == "last":
+        return last_token_mask(valid)
+    raise LayercutError(f"unknown scope '{scope}': use one of {', '.join(SCOPES)}")
+
+
+def last_token_mask(valid: torch.Tensor) -> torch.Tensor:
+    """[B, T] bool with one True per row at its last non-padding position (left or right padding)."""
+    T = valid.shape[1]
+    pos = torch.arange(T, device=valid.device).expand_as(valid)
+    last = torch.where(valid, pos, -1).argmax(dim=1)
+    out = torch.zeros_like(valid)
+    out[torch.arange(valid.shape[0], device=valid.device), last] = True
+    return out & valid
+
+
+def _cosine(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Row-wise cosine in float32 (whatever the model dtype) and a mask of rows with norms > 0."""
+    x = x.float()
+    y = y.float()
+    nx = x.norm(dim=-1)
+    ny = y.norm(dim=-1)
+    ok = (nx > 0) & (ny > 0)
+    cos = (x * y).sum(-1) / (nx * ny).clamp(min=torch.finfo(torch.float32).tiny)
+    return cos.clamp(-1.0, 1.0), ok
+
+
+class _Recorder:
+    """Forward hooks that fold each layer's (input, output) into the current domain's sums."""
+
+    def __init__(self, layers: torch.nn.ModuleList, scope: str, block_tokens: str) -> None:
+        self.layers = layers
+        self.L = len(layers)
+        self.scope = scope
+        self.block_tokens = block_tokens
+        self.domains: dict[str, _Domain] = {}
+        self.acc: _Domain | None = None
+        self.mask: torch.Tensor | None = None  # [B, T] in-scope tokens
+        self.block_mask: torch.Tensor | None = None  # [B, T] tokens of the block matrix
+        self.block_inputs: list[torch.Tensor | None] = []
+        self.handles = [
+            layer.register_forward_hook(self._hook(i), with_kwargs=True)
+            for i, layer in enumerate(layers)
+        ]
+
+    def start(self, domain: str, mask: torch.Tensor, block_mask: torch.Tensor, samples: int) -> None:
+        if domain not in self.domains:
+            device = next(self.layers[0].parameters()).device
+            self.domains[domain] = _Domain(self.L, device)
+        self.acc = self.domains[domain]
+        self.acc.samples += samples
+        self.mask = mask
+        self.block_mask = block_mask
+        self.block_inputs = [None] * (self.L + 1)
+
+    def _hook(self, i: int):
+        def hook(module, args, kwargs, output):  # noqa: ANN001 - torch hook signature
+            x = args[0] if args else kwargs["hidden_states"]
+            y = output[0] if isinstance(output, tuple) else output
+            self._record(i, x.detach(), y.detach())
+
+        return hook
+
+    def _record(self, i: int, x: torch.Tensor, y: torch.Tensor) -> None:
+        acc = self.acc
+        assert acc is not None and self.mask is not None and self.block_mask is not None
+        if x.shape[:2] != self.mask.shape:
+            raise LayercutError(
+                f"layer {i} saw hidden states of shape {tuple(x.shape)} for a batch of shape "
+                f"{tuple(self.mask.shape)}: this model rearranges tokens and is not supported"
+            )
+        mask = self.mask.to(x.device)
+        cos, ok = _cosine(x, y)
+        keep = mask & ok
+        c = cos[keep].double()
+        acc.cos[i] += c.sum().to(acc.cos.device)
+        acc.ang[i] += (torch.arccos(c) / math.pi).sum().to(acc.cos.device)
+        acc.tokens[i] += keep.sum().to(acc.tokens.device)
+        acc.zero[i] += (mask & ~ok).sum().to(acc.zero.device)
+        bmask = self.block_mask.to(x.device)
+        self.block_inputs[i] = x[bmask].float()
+        if i == self.L - 1:
+            self.block_inputs[self.L] = y[bmask].float()
+            self._fold_blocks()
+
+    def _fold_blocks(self) -> None:
+        """d(l, n) for every start l and size n from this batch's block tokens."""
+        acc = self.acc
+        assert acc is not None
+        vs = [v.to(acc.block.device) for v in self.block_inputs]  # L+1 tensors [N, H]
+        if any(v is None for v in vs):
+            raise LayercutError("a decoder layer was skipped during the forward: cannot score blocks")
+        N = vs[0].shape[0]
+        stack = torch.stack(vs)  # [L+1, N, H]
+        norms = stack.norm(dim=-1)  # [L+1, N]
+        unit = stack / norms.clamp(min=torch.finfo(torch.float32).tiny).unsqueeze(-1)
+        for l in range(self.L):
+            cos = torch.einsum("nh,mnh->mn", unit[l], unit[l + 1 :]).clamp(-1.0, 1.0)  # [L-l, N]
+            ok = (norms[l] > 0).unsqueeze(0) & (norms[l + 1 :] > 0)
+            d = torch.where(ok, torch.arccos(cos.double()) / math.pi, 0.0)
+            acc.block[l, : self.L - l] += d.sum(dim=1)
+            acc.block_n[l, : self.L - l] += ok.sum(dim=1)
+        acc.units += N
+        self.block_inputs = [None] * (self.L + 1)
+
+    def close(self) -> None:
+        for h in self.handles:
+            h.remove()
+
+
+@torch.no_grad()
+def score(
+    adapter: Any,
+    batches: Iterable[Batch],
+    *,
+    scope: str = "all",
+    block_tokens: str = "last",
+    progress: Any = None,
+) -> LayerScores:
+    """One forward per batch with hooks on every decoder layer; returns per-domain scores.
+
+    `adapter` is a `layercut.models.Adapter`; `progress(batch)` is called after each forward.
+    `block_tokens="last"` measures block distances on each sample's last token (Gromov et al.),
+    `"scope"` on every in-scope token.
+    """
+    if scope not in SCOPES:
+        raise LayercutError(f"unknown scope '{scope}': use one of {', '.join(SCOPES)}")
+    if block_tokens not in BLOCK_TOKENS:
+        raise LayercutError(
+            f"unknown block-token choice '{block_tokens}': use one of {', '.join(BLOCK_TOKENS)}"
+        )
+    model = adapter.model
+    rec = _Recorder(adapter.layers, scope, block_tokens)
+    try:
+        for batch in batches:
+            inputs = adapter.complete_inputs(batch.inputs)
+            ids = inputs["input_ids"]
+            attn = inputs.get("attention_mask")
+            if attn is None:
+                attn = torch.ones_like(ids)
+            mask = token_scope_mask(scope, attn, adapter.image_mask(ids))
+            block_mask = last_token_mask(attn.bool()) if block_tokens == "last" else mask
+            rec.start(batch.domain, mask, block_mask, batch.samples or ids.shape[0])
+            model(**inputs, use_cache=False)
+            if progress is not None:
+                progress(batch)
+    finally:
+        rec.close()
+    domains = {}
+    for name, acc in rec.domains.items():
+        if int(acc.tokens.max()) == 0:
+            continue  # e.g. scope=image on a text-only domain: nothing measured, nothing reported
+        domains[name] = acc.result()
+    if not domains:
+        raise LayercutError(
+            f"no token fell in scope '{scope}' in any domain: pick another --scope "
+            "(image scope needs samples with images)"
+        )
+    return LayerScores(
+        num_layers=rec.L, domains=domains, scope=scope, block_tokens=block_tokens,
+        model=getattr(adapter, "source", ""),
+    )

@@ -1,0 +1,218 @@
+"""The Python API: each stage as one call, and `prune` as the one call for the common case.
+
+    import layercut
+    scores = layercut.score("smollm2-135m", "builtin:text")
+    sel = layercut.select(scores, "math", budget=6)
+    layercut.prune("smollm2-135m", "builtin:text", method="math", budget=6, out="runs/m/pruned")
+
+Models are a folder, a hub id or a zoo name; calibration sets a JSONL path, a list of samples, or
+`builtin:text|image|all[:N]` (N samples per domain, default 32).
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+import torch
+
+from layercut import models, selection, surgery
+from layercut.data import Sample, load_calib
+from layercut.errors import LayercutError
+from layercut.scoring import LayerScores
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def load_model(model: str | models.Adapter, dtype: str = "fp32") -> models.Adapter:
+    if isinstance(model, models.Adapter):
+        return model
+    if dtype not in DTYPES:
+        raise LayercutError(f"unknown dtype '{dtype}': use one of {', '.join(DTYPES)}")
+    return models.load(model, DTYPES[dtype])
+
+
+def calibration(calib: str | Path | list[Sample], seed: int = 0) -> list[Sample]:
+    """Samples from a JSONL file, a list, or a built-in set named `builtin:KIND[:N]`."""
+    if isinstance(calib, list):
+        if not calib:
+            raise LayercutError("the calibration set is empty: give at least one sample")
+        return calib
+    calib = str(calib)
+    if calib.startswith("builtin:"):
+        from layercut.data import builtin
+
+        parts = calib.split(":")
+        kind = parts[1] if len(parts) > 1 else "text"
+        if kind not in ("text", "image", "all"):
+            raise LayercutError(f"unknown built-in set '{calib}': use builtin:text, builtin:image or builtin:all")
+        try:
+            n = int(parts[2]) if len(parts) > 2 else 32
+        except ValueError:
+            raise LayercutError(f"'{calib}': the count after the kind must be a whole number") from None
+        image_dir = Path(tempfile.mkdtemp(prefix="layercut-calib-")) if kind != "text" else None
+        return builtin.build_samples(kind=kind, n_per_domain=n, seed=seed, split="calib", image_dir=image_dir)
+    return load_calib(calib)
+
+
+def score(
+    model: str | models.Adapter,
+    calib: str | Path | list[Sample],
+    *,
+    scope: str = "all",
+    block_tokens: str = "last",
+    batch_size: int = 8,
+    max_length: int = 1024,
+    dtype: str = "fp32",
+    progress: Callable[[Any], None] | None = None,
+) -> LayerScores:
+    """Load (if needed), encode the calibration set and run the streaming scoring pass."""
+    from layercut.data.encode import encode_batches
+    from layercut.scoring import score as score_pass
+
+    adapter = load_model(model, dtype)
+    samples = calibration(calib)
+    batches = encode_batches(adapter, samples, batch_size=batch_size, max_length=max_length)
+    scores = score_pass(adapter, batches, scope=scope, block_tokens=block_tokens, progress=progress)
+    scores.meta.update(
+        {
+            "family": adapter.family.name,
+            "family_protected": sorted(adapter.protected_layers()),
+            "calibration": str(calib) if not isinstance(calib, list) else "in-memory",
+            "samples": {d: s.samples for d, s in scores.domains.items()},
+            "dtype": dtype,
+            "max_length": max_length,
+        }
+    )
+    return scores
+
+
+def protect_set(
+    num_layers: int, protect: str | Iterable[int] | None, family_protected: Iterable[int] = ()
+) -> set[int]:
+    """The user's protected layers ("default" = first and last, "none", or indices) plus the family's."""
+    if protect is None or protect == "default":
+        chosen = selection.default_protect(num_layers)
+    elif protect == "none":
+        chosen = set()
+    elif isinstance(protect, str):
+        try:
+            chosen = {int(x) for x in protect.split(",") if x.strip()}
+        except ValueError:
+            raise LayercutError(f"--protect '{protect}': give layer indices like 0,29, or 'default' or 'none'") from None
+    else:
+        chosen = {int(x) for x in protect}
+    bad = [i for i in chosen if not 0 <= i < num_layers]
+    if bad:
+        raise LayercutError(f"protected layer {bad[0]} does not exist (layers 0..{num_layers - 1}): fix --protect")
+    return chosen | set(family_protected)
+
+
+def calibration_loss_fn(
+    adapter: models.Adapter, samples: list[Sample], batch_size: int = 8, max_length: int = 512
+) -> Callable[[list[int]], float]:
+    """loss(drop) = mean calibration NLL of the model viewed without `drop` (for `iterative`)."""
+    from layercut.data.encode import encode_batches
+    from layercut.evaluation import token_nll
+
+    batches = list(encode_batches(adapter, samples, batch_size=batch_size, max_length=max_length))
+
+    def loss(drop: list[int]) -> float:
+        with surgery.skipped(adapter, drop):
+            return token_nll(adapter, batches)["all"]
+
+    return loss
+
+
+def select(
+    scores: LayerScores | str | Path | None,
+    method: str,
+    budget: int,
+    *,
+    protect: str | Iterable[int] | None = None,
+    model: str | models.Adapter | None = None,
+    calib: str | Path | list[Sample] | None = None,
+    **options: Any,
+) -> selection.Selection:
+    """Choose `budget` layers to drop. `iterative` also needs `model` and `calib`."""
+    if isinstance(scores, (str, Path)):
+        scores = LayerScores.load(scores)
+    adapter = load_model(model) if model is not None else None
+    if scores is not None:
+        num_layers = scores.num_layers
+        family_protected = scores.meta.get("family_protected", [])
+    elif adapter is not None:
+        num_layers = adapter.num_layers
+        family_protected = sorted(adapter.protected_layers())
+    else:
+        raise LayercutError("selection needs a scores file (--scores) or a model (--model)")
+    if adapter is not None and adapter.num_layers != num_layers:
+        raise LayercutError(
+            f"the scores are for {num_layers} layers but the model has {adapter.num_layers}: "
+            "score this model first"
+        )
+    if adapter is not None:
+        family_protected = sorted(set(family_protected) | adapter.protected_layers())
+    loss_fn = None
+    if method == "iterative":
+        if adapter is None or calib is None:
+            raise LayercutError("method 'iterative' re-measures the model: pass --model and --calib")
+        loss_fn = calibration_loss_fn(adapter, calibration(calib))
+    return selection.select(
+        scores,
+        method,
+        budget,
+        num_layers=num_layers,
+        protect=protect_set(num_layers, protect, family_protected),
+        loss_fn=loss_fn,
+        **options,
+    )
+
+
+def prune(
+    model: str | models.Adapter,
+    calib: str | Path | list[Sample] | None = None,
+    *,
+    out: str | Path,
+    method: str = "math",
+    budget: int = 6,
+    scores: LayerScores | str | Path | None = None,
+    drop: Iterable[int] | None = None,
+    protect: str | Iterable[int] | None = None,
+    mergekit: bool = False,
+    overwrite: bool = False,
+    **options: Any,
+) -> surgery.Recipe:
+    """Score (unless `scores` or `drop` is given), select, drop, save and verify, in one call."""
+    out = Path(out)
+    if out.exists() and not overwrite:
+        raise LayercutError(f"output '{out}' already exists: choose another --out or pass --overwrite")
+    adapter = load_model(model)
+    scores_file = scores if isinstance(scores, (str, Path)) else None
+    params: dict[str, Any] = {}
+    if drop is None:
+        entry = selection.METHODS.get(method)
+        if scores is None and (entry is None or entry.needs_scores):
+            if calib is None:
+                raise LayercutError(f"method '{method}' needs layer scores: pass --scores or --calib")
+            scores = score(adapter, calib)
+        sel = select(scores, method, budget, protect=protect, model=adapter, calib=calib, **options)
+        drop, params = sel.drop, sel.params
+    else:
+        drop = list(drop)
+        method, budget = "explicit", len(drop)
+    family = sorted(adapter.protected_layers())
+    return surgery.prune(
+        adapter,
+        drop,
+        out,
+        protect=protect_set(adapter.num_layers, protect, family),
+        method=method,
+        budget=budget,
+        params=params,
+        scores_file=scores_file,
+        inputs=surgery.probe_inputs(adapter),
+        mergekit=mergekit,
+        overwrite=overwrite,
+    )

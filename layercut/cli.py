@@ -1,0 +1,275 @@
+"""The `layercut` command line: score, select, prune, calib, models, demo.
+
+Every bad input becomes one line on stderr and exit code 2 (a `LayercutError`); outputs are
+written to a temporary sibling and renamed, so a failed command leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+
+from layercut.errors import LayercutError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__.splitlines()[0])
+calib_app = typer.Typer(no_args_is_help=True, help="Calibration sets: build the built-in ones.")
+app.add_typer(calib_app, name="calib")
+console = Console(stderr=True)
+out_console = Console()
+
+
+def _quiet_libraries() -> None:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    import transformers
+
+    transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+
+
+def _progress() -> Progress:
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total} {task.fields[unit]}"),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=console,
+        transient=False,
+    )
+
+
+def _ints(value: Optional[str], what: str) -> Optional[list[int]]:
+    if value is None:
+        return None
+    try:
+        return [int(x) for x in value.split(",") if x.strip()]
+    except ValueError:
+        raise LayercutError(f"{what} '{value}': give comma-separated layer indices like 3,10,20") from None
+
+
+def scores_table(scores, title: str = "Layer scores (mean cosine of layer input vs output)") -> Table:
+    """Per-domain cosine per layer, plus the difference of the first two domains."""
+    names = list(scores.domains)
+    table = Table(title=title, show_lines=False)
+    table.add_column("layer", justify="right")
+    for n in names:
+        table.add_column(f"cos {n}", justify="right")
+    if len(names) >= 2:
+        table.add_column(f"{names[0]} − {names[1]}", justify="right")
+    for i in range(scores.num_layers):
+        vals = [scores.domains[n].cosine[i] for n in names]
+        row = [str(i)] + [f"{v:.4f}" for v in vals]
+        if len(names) >= 2:
+            row.append(f"{vals[0] - vals[1]:+.4f}")
+        table.add_row(*row)
+    return table
+
+
+def score_with_progress(model, calib, **kwargs):
+    """`api.score` with a rich progress bar over calibration samples."""
+    from layercut import api
+
+    adapter = api.load_model(model, kwargs.pop("dtype", "fp32"))
+    samples = api.calibration(calib)
+    with _progress() as bar:
+        task = bar.add_task("scoring", total=len(samples), unit="samples")
+        scores = api.score(
+            adapter, samples, progress=lambda b: bar.advance(task, b.samples), **kwargs
+        )
+    scores.meta["calibration"] = str(calib)
+    return adapter, scores
+
+
+@app.command()
+def score(
+    model: str = typer.Option(..., help="Model folder, hub id or built-in name (see `layercut models`)."),
+    calib: str = typer.Option(..., help="Calibration JSONL, or builtin:text|image|all[:N]."),
+    out: Path = typer.Option(..., help="scores.json to write (a tidy scores.csv goes beside it)."),
+    scope: str = typer.Option("all", help="Tokens that count: all | text | image | last."),
+    block_tokens: str = typer.Option("last", help="Block-distance tokens: last (Gromov) | scope."),
+    batch_size: int = typer.Option(8, min=1),
+    max_length: int = typer.Option(1024, min=8, help="Truncate samples to this many tokens."),
+    dtype: str = typer.Option("fp32", help="fp32 | bf16 | fp16 (statistics are always fp32/fp64)."),
+    overwrite: bool = typer.Option(False, help="Replace an existing output."),
+) -> None:
+    """Score every decoder layer per calibration domain in one streaming pass."""
+    from layercut.io import atomic_file
+    from layercut.scoring import SCOPES
+
+    if scope not in SCOPES:
+        raise LayercutError(f"unknown scope '{scope}': use one of {', '.join(SCOPES)}")
+    csv = out.with_suffix(".csv")
+    for path in (out, csv):
+        if path.exists() and not overwrite:
+            raise LayercutError(f"output '{path}' already exists: choose another --out or pass --overwrite")
+    _, scores = score_with_progress(
+        model, calib, scope=scope, block_tokens=block_tokens, batch_size=batch_size,
+        max_length=max_length, dtype=dtype,
+    )
+    with atomic_file(out, overwrite=overwrite) as tmp_json, atomic_file(csv, overwrite=overwrite) as tmp_csv:
+        scores.save(tmp_json)
+        scores.to_frame().to_csv(tmp_csv, index=False)
+    out_console.print(scores_table(scores))
+    console.print(f"wrote {out} and {csv}")
+
+
+@app.command()
+def select(
+    scores: Optional[Path] = typer.Option(None, help="scores.json from `layercut score`."),
+    method: str = typer.Option(..., help="Selection method (see `layercut methods`)."),
+    budget: int = typer.Option(..., help="How many layers to drop."),
+    protect: str = typer.Option("default", help="'default' (first+last), 'none', or indices like 0,29."),
+    domain: Optional[str] = typer.Option(None, help="Domain for domain/spacing/block methods."),
+    alpha: float = typer.Option(0.5, help="Weight of math in `mixed`."),
+    min_gap: Optional[int] = typer.Option(None, help="Minimum distance between dropped layers (spacing)."),
+    seed: int = typer.Option(0, help="Seed for `random`."),
+    model: Optional[str] = typer.Option(None, help="Model (needed by `iterative`)."),
+    calib: Optional[str] = typer.Option(None, help="Calibration set (needed by `iterative`)."),
+    out: Optional[Path] = typer.Option(None, help="Write the selection as JSON."),
+) -> None:
+    """Print the ordered list of layers a method would drop."""
+    from layercut import api
+
+    options = {k: v for k, v in dict(domain=domain, min_gap=min_gap).items() if v is not None}
+    sel = api.select(
+        str(scores) if scores else None, method, budget, protect=protect, model=model,
+        calib=calib, alpha=alpha, seed=seed, **options,
+    )
+    if out is not None:
+        from layercut.io import atomic_file
+
+        with atomic_file(out) as tmp:
+            sel.save(tmp)
+    out_console.print(",".join(map(str, sel.drop)))
+
+
+@app.command()
+def prune(
+    model: str = typer.Option(..., help="Model folder, hub id or built-in name."),
+    out: Path = typer.Option(..., help="Folder for the pruned model (must not exist)."),
+    scores: Optional[Path] = typer.Option(None, help="scores.json from `layercut score`."),
+    method: Optional[str] = typer.Option(None, help="Selection method (with --budget)."),
+    budget: Optional[int] = typer.Option(None, help="How many layers to drop (with --method)."),
+    drop: Optional[str] = typer.Option(None, help="Explicit original layer indices, e.g. 3,10,20."),
+    protect: str = typer.Option("default", help="'default' (first+last), 'none', or indices."),
+    calib: Optional[str] = typer.Option(None, help="Calibration set (for `iterative`, or to score now)."),
+    mergekit: bool = typer.Option(False, help="Also write the equivalent mergekit passthrough YAML."),
+    overwrite: bool = typer.Option(False, help="Replace an existing output folder."),
+) -> None:
+    """Drop layers, save model + processor + card, and verify the reload gives equal logits."""
+    from layercut import api
+
+    if drop is None and (method is None or budget is None):
+        raise LayercutError("say what to drop: --method NAME --budget K (with --scores), or --drop 3,10,20")
+    if drop is not None and method is not None:
+        raise LayercutError("--drop and --method exclude each other: use one")
+    if out.exists() and not overwrite:
+        raise LayercutError(f"output '{out}' already exists: choose another --out or pass --overwrite")
+    with console.status("pruning, saving and verifying the reload"):
+        recipe = api.prune(
+            model, calib, out=out, method=method or "math", budget=budget or 0,
+            scores=str(scores) if scores else None, drop=_ints(drop, "--drop"), protect=protect,
+            mergekit=mergekit, overwrite=overwrite,
+        )
+    v = recipe.verify
+    out_console.print(
+        f"dropped layers {recipe.drop} ({recipe.num_layers_before} → {len(recipe.kept)}), "
+        f"parameters {recipe.parameters_before:,} → {recipe.parameters_after:,}; "
+        f"reload verified (missing weights {v['missing_keys']}, max logit diff {v['max_abs_logit_diff']})"
+    )
+    console.print(f"wrote {out}")
+
+
+@calib_app.command("build")
+def calib_build(
+    out: Path = typer.Option(..., help="JSONL to write (images go to a sibling <stem>_images/)."),
+    kind: str = typer.Option("text", help="text | image | all"),
+    n: int = typer.Option(64, min=1, help="Samples per domain."),
+    seed: int = typer.Option(0),
+    split: str = typer.Option("calib", help="calib | eval (disjoint sources)."),
+    overwrite: bool = typer.Option(False),
+) -> None:
+    """Write a built-in calibration set from the real offline data."""
+    from layercut.data import builtin, by_domain, load_calib
+
+    path = builtin.build_calib(out, kind=kind, n_per_domain=n, seed=seed, split=split, overwrite=overwrite)
+    counts = {d: len(s) for d, s in by_domain(load_calib(path)).items()}
+    out_console.print(f"wrote {path}: " + ", ".join(f"{d} {c}" for d, c in counts.items()))
+
+
+@app.command()
+def models() -> None:
+    """Supported model families and built-in models."""
+    from layercut import zoo
+    from layercut.models import FAMILIES
+
+    table = Table(title="Supported families")
+    for col in ("family", "config model_type", "loads with", "always protected"):
+        table.add_column(col)
+    for f in FAMILIES:
+        table.add_row(
+            f.name, ", ".join(f.model_types),
+            "AutoModelForImageTextToText" if f.vision else "AutoModelForCausalLM",
+            "deepstack layers" if f.protected.__name__ != "_no_protected" else "",
+        )
+    out_console.print(table)
+    for name, entry in zoo.ZOO.items():
+        out_console.print(f"built-in: [bold]{name}[/bold] — {entry.description}")
+
+
+@app.command()
+def methods() -> None:
+    """The selection methods."""
+    from layercut.selection import METHODS
+
+    table = Table(title="Selection methods")
+    table.add_column("method")
+    table.add_column("what it drops")
+    for name, entry in METHODS.items():
+        table.add_row(name, entry.description)
+    out_console.print(table)
+
+
+@app.command()
+def demo(
+    out: Path = typer.Option(Path("runs/demo"), help="Folder for the demo's outputs (replaced)."),
+    budget: int = typer.Option(4, help="Layers to drop."),
+    n: int = typer.Option(24, help="Calibration samples per domain."),
+) -> None:
+    """Score, select and prune the built-in default model, offline, on CPU."""
+    from layercut.demo import run_demo
+
+    run_demo(out, budget=budget, n_per_domain=n, console=out_console, progress=_progress)
+
+
+def main() -> None:
+    _quiet_libraries()
+    try:
+        app(standalone_mode=False)
+    except LayercutError as exc:
+        console.print(f"[bold red]error:[/bold red] {exc}", highlight=False, soft_wrap=True)
+        sys.exit(2)
+    except typer.Abort:
+        console.print("aborted")
+        sys.exit(130)
+    except Exception as exc:  # click usage errors carry their own exit codes
+        import click
+
+        if isinstance(exc, click.exceptions.ClickException):
+            exc.show()
+            sys.exit(exc.exit_code)
+        if isinstance(exc, click.exceptions.Exit):
+            sys.exit(exc.exit_code)
+        raise
+
+
+if __name__ == "__main__":
+    main()

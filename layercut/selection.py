@@ -1,0 +1,363 @@
+"""Which decoder layers to drop: layer scores, a method and a budget in, an ordered list out.
+
+Every method is a pure function of (scores, budget, constraints); nothing here touches a model.
+Protected layers (by default the first and the last) are never dropped, and every tie goes to the
+lower layer index, so the same inputs always give the same selection. A method is a row of
+`METHODS`; any domain name in the scores also works as a method ("math": the k layers with the
+highest s^math, i.e. the ones that change math tokens least).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+import numpy as np
+
+from layercut.errors import LayercutError
+from layercut.scoring import DomainScores, LayerScores
+
+FORMAT = "layercut.selection/1"
+MATH = "math"  # the domain that `mixed`, `mixed-rank`, `nonmath` and `spacing` single out
+NONMATH = "nonmath"  # every domain but math, pooled by token count
+
+
+@dataclass
+class Selection:
+    """The layers one method chose to drop, with what it needs to be redone or reported."""
+
+    method: str
+    budget: int
+    drop: list[int]  # original layer indices, in the order chosen (most removable first)
+    num_layers: int
+    protect: list[int]  # layers that were never candidates, sorted
+    params: dict[str, Any] = field(default_factory=dict)  # what the method used: alpha, min_gap, seed, ...
+
+    def kept(self) -> list[int]:
+        dropped = set(self.drop)
+        return [i for i in range(self.num_layers) if i not in dropped]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"format": FORMAT, **asdict(self)}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "Selection":
+        return cls(
+            method=str(d["method"]),
+            budget=int(d["budget"]),
+            drop=[int(i) for i in d["drop"]],
+            num_layers=int(d["num_layers"]),
+            protect=[int(i) for i in d["protect"]],
+            params=dict(d.get("params", {})),
+        )
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(json.dumps(self.to_dict(), indent=1) + "\n")
+
+    @classmethod
+    def load(cls, path: str | Path) -> "Selection":
+        path = Path(path)
+        if not path.is_file():
+            raise LayercutError(f"selection file '{path}' not found: run `layercut prune` (or select()) first")
+        try:
+            return cls.from_dict(json.loads(path.read_text()))
+        except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+            raise LayercutError(
+                f"selection file '{path}' is not a layercut selection ({exc.__class__.__name__}): write it again"
+            ) from None
+
+
+def select(
+    scores: LayerScores | None,
+    method: str,
+    budget: int,
+    *,
+    num_layers: int | None = None,
+    protect: Iterable[int] | None = None,
+    domain: str | None = None,
+    alpha: float = 0.5,
+    min_gap: int | None = None,
+    seed: int = 0,
+    loss_fn: Callable[[list[int]], float] | None = None,
+) -> Selection:
+    """Choose `budget` layers to drop with `method` (a name in METHODS or a domain in the scores).
+
+    `protect` replaces the default {0, L-1}; build it with `default_protect` to add to it.
+    Budget 0 is the unpruned baseline: an empty drop for every method, without consulting its own
+    inputs (domain, block distances, loss_fn).
+    """
+    entry, domain = _resolve(method, domain, scores)
+    L = _num_layers(scores, num_layers)
+    protected = default_protect(L) if protect is None else {int(i) for i in protect}
+    outside = sorted(i for i in protected if not 0 <= i < L)
+    if outside:
+        raise LayercutError(f"protect {outside} is out of range for {L} layers: use indices 0..{L - 1}")
+    droppable = L - len(protected)
+    if budget < 0:
+        raise LayercutError(f"budget {budget} is negative: use a budget between 0 and {droppable - 1}")
+    if budget and budget >= droppable:
+        raise LayercutError(
+            f"budget {budget} >= {droppable} droppable layers ({L} layers, {len(protected)} protected): "
+            f"use a budget of at most {droppable - 1}"
+        )
+    if entry.needs_scores and scores is None:
+        raise LayercutError(f"method '{method}' needs layer scores: run `layercut score` and pass its scores")
+    request = _Request(scores, budget, L, frozenset(protected), domain, alpha, min_gap, seed, loss_fn)
+    drop, params = entry.run(request) if budget else ([], {})
+    return Selection(method, budget, drop, L, sorted(protected), params)
+
+
+def default_protect(num_layers: int, extra: Iterable[int] = ()) -> set[int]:
+    """The first and last layers, which depth-pruning studies keep, plus model-specific ones."""
+    return {0, num_layers - 1} | {int(i) for i in extra}
+
+
+@dataclass(frozen=True)
+class _Request:
+    """One validated call to `select`: what every method function receives."""
+
+    scores: LayerScores | None  # never None for a method with needs_scores
+    budget: int  # k >= 1
+    num_layers: int
+    protect: frozenset[int]
+    domain: str | None
+    alpha: float
+    min_gap: int | None
+    seed: int
+    loss_fn: Callable[[list[int]], float] | None
+
+    @property
+    def candidates(self) -> list[int]:
+        return [i for i in range(self.num_layers) if i not in self.protect]
+
+
+@dataclass(frozen=True)
+class Method:
+    run: Callable[[_Request], tuple[list[int], dict[str, Any]]]  # -> (drop in chosen order, params)
+    description: str  # one line, shown by `layercut methods`
+    needs_scores: bool = True
+
+
+# ---- the methods, in the order of METHODS ---------------------------------------------------
+
+
+def _by_domain(r: _Request) -> tuple[list[int], dict[str, Any]]:
+    if r.domain is None:
+        raise LayercutError(
+            f"method 'domain' needs domain=: pass one of {', '.join(r.scores.domains)} or '{NONMATH}'"
+        )
+    scores, names = _domain_scores(r.scores, r.domain)
+    return _top(r.candidates, scores.cosine, r.budget), {"domains": names}
+
+
+def _nonmath(r: _Request) -> tuple[list[int], dict[str, Any]]:
+    scores, names = _domain_scores(r.scores, NONMATH)
+    return _top(r.candidates, scores.cosine, r.budget), {"domains": names}
+
+
+def _mixed(r: _Request) -> tuple[list[int], dict[str, Any]]:
+    if not 0.0 <= r.alpha <= 1.0:
+        raise LayercutError(f"alpha {r.alpha} is outside [0, 1]: pass the weight of math in the mix")
+    s_math, s_nonmath, names = _math_and_nonmath(r.scores, "mixed")
+    mix = [r.alpha * m + (1.0 - r.alpha) * n for m, n in zip(s_math, s_nonmath)]
+    return _top(r.candidates, mix, r.budget), {"alpha": r.alpha, "nonmath": names}
+
+
+def _mixed_rank(r: _Request) -> tuple[list[int], dict[str, Any]]:
+    # Ranks, not raw cosines: the two cosine profiles need not share a scale, and ranks weigh
+    # them equally whatever their spread.
+    s_math, s_nonmath, names = _math_and_nonmath(r.scores, "mixed-rank")
+    rank_math = _ranks(r.candidates, s_math)
+    rank_nonmath = _ranks(r.candidates, s_nonmath)
+    order = sorted(r.candidates, key=lambda i: (rank_math[i] + rank_nonmath[i], i))
+    return order[: r.budget], {"nonmath": names}
+
+
+def _bi(r: _Request) -> tuple[list[int], dict[str, Any]]:
+    scores, names = _domain_scores(r.scores, None)
+    influence = [1.0 - s for s in scores.cosine]
+    return sorted(r.candidates, key=lambda i: (influence[i], i))[: r.budget], {"domains": names}
+
+
+def _block(r: _Request) -> tuple[list[int], dict[str, Any]]:
+    scores, names = _domain_scores(r.scores, r.domain)
+    if not scores.block_distance:
+        raise LayercutError("the scores have no block distances: re-run `layercut score` with block distances on")
+    k = r.budget
+    starts = [l for l in range(r.num_layers - k + 1) if r.protect.isdisjoint(range(l, l + k))]
+    if not starts:
+        raise LayercutError(
+            f"no {k} consecutive unprotected layers for method 'block': lower the budget or protect fewer layers"
+        )
+    start = min(starts, key=lambda l: (scores.block_distance[l][k - 1], l))
+    params = {"domains": names, "start": start, "distance": scores.block_distance[start][k - 1]}
+    return list(range(start, start + k)), params
+
+
+def _last(r: _Request) -> tuple[list[int], dict[str, Any]]:
+    # Nearest the final layer first, so a smaller budget's drop is a prefix of a larger one's.
+    drop = list(range(r.num_layers - 2, r.num_layers - 2 - r.budget, -1))
+    hit = sorted(r.protect.intersection(drop))
+    if hit:
+        room = 0
+        while r.num_layers - 2 - room >= 0 and r.num_layers - 2 - room not in r.protect:
+            room += 1
+        raise LayercutError(
+            f"method 'last' would drop protected layer(s) {hit}: use a budget of at most {room} "
+            "or leave them out of protect"
+        )
+    return drop, {}
+
+
+def _uniform(r: _Request) -> tuple[list[int], dict[str, Any]]:
+    # The middle of each of k equal segments of the unprotected list; integer arithmetic, and
+    # k < len(candidates) makes the picks distinct.
+    c, k = r.candidates, r.budget
+    return [c[(2 * j + 1) * len(c) // (2 * k)] for j in range(k)], {}
+
+
+def _spacing(r: _Request) -> tuple[list[int], dict[str, Any]]:
+    name = r.domain if r.domain is not None else (MATH if MATH in r.scores.domains else None)
+    scores, names = _domain_scores(r.scores, name)
+    order = _top(r.candidates, scores.cosine, len(r.candidates))
+    k = r.budget
+    if r.min_gap is not None:
+        if r.min_gap < 1:
+            raise LayercutError(f"min_gap {r.min_gap} is below 1: pass a gap of at least 1 (1 = no constraint)")
+        gap, drop = r.min_gap, _spaced(order, k, r.min_gap)
+        if len(drop) < k:
+            raise LayercutError(
+                f"min_gap {gap} leaves room for only {len(drop)} of {k} layers: lower min_gap or the budget"
+            )
+    else:
+        c = r.candidates
+        widest = (c[-1] - c[0]) // (k - 1) if k > 1 else 1  # one layer needs no gap
+        for gap in range(widest, 0, -1):  # gap 1 always fits, since k < len(candidates)
+            drop = _spaced(order, k, gap)
+            if len(drop) == k:
+                break
+    return drop, {"domains": names, "min_gap": gap}
+
+
+def _random(r: _Request) -> tuple[list[int], dict[str, Any]]:
+    rng = np.random.default_rng(r.seed)
+    return [int(i) for i in rng.choice(r.candidates, size=r.budget, replace=False)], {"seed": r.seed}
+
+
+def _iterative(r: _Request) -> tuple[list[int], dict[str, Any]]:
+    if r.loss_fn is None:
+        raise LayercutError("method 'iterative' needs loss_fn(drop list) -> calibration loss: pass one")
+    drop: list[int] = []
+    losses: list[float] = []
+    for _ in range(r.budget):
+        trials = []
+        for c in r.candidates:
+            if c in drop:
+                continue
+            loss = float(r.loss_fn(drop + [c]))
+            if math.isnan(loss):
+                raise LayercutError(f"loss_fn returned nan for drop {drop + [c]}: check the calibration loss")
+            trials.append((loss, c))
+        loss, best = min(trials)
+        drop.append(best)
+        losses.append(loss)
+    return drop, {"losses": losses}
+
+
+METHODS: dict[str, Method] = {
+    "domain": Method(_by_domain, "k highest cosine on domain= (or name the domain itself as the method)"),
+    NONMATH: Method(_nonmath, "k highest cosine on every domain but math, pooled by token count"),
+    "mixed": Method(_mixed, "k highest alpha*s_math + (1-alpha)*s_nonmath"),
+    "mixed-rank": Method(_mixed_rank, "k smallest mean of the math and non-math rank positions"),
+    "bi": Method(_bi, "ShortGPT: k lowest block influence 1 - s on all domains pooled"),
+    "block": Method(_block, "Gromov: the k contiguous layers with the smallest angular distance d(l, k)"),
+    "last": Method(_last, "the k layers before the final layer", needs_scores=False),
+    "uniform": Method(_uniform, "k layers evenly spaced over the unprotected range", needs_scores=False),
+    "spacing": Method(_spacing, "greedy on a domain's cosine, dropped layers at least min_gap apart"),
+    "random": Method(_random, "k unprotected layers drawn with seed", needs_scores=False),
+    "iterative": Method(
+        _iterative, "SLEB-like: k rounds, each dropping the layer that raises loss_fn least", needs_scores=False
+    ),
+}
+
+
+# ---- helpers --------------------------------------------------------------------------------
+
+
+def _resolve(method: str, domain: str | None, scores: LayerScores | None) -> tuple[Method, str | None]:
+    """The registry entry for `method`, and the domain it scores on; a domain name is a method."""
+    if method in METHODS:
+        return METHODS[method], domain
+    if scores is not None and method in scores.domains:
+        if domain not in (None, method):
+            raise LayercutError(
+                f"method '{method}' already names a domain, and domain='{domain}' names another: pass only one"
+            )
+        return METHODS["domain"], method
+    if scores is not None:
+        also = f"or a domain of the scores ({', '.join(scores.domains)})"
+    else:
+        also = "or, with scores, a domain name"
+    raise LayercutError(f"unknown method '{method}': use one of {', '.join(METHODS)} {also}")
+
+
+def _num_layers(scores: LayerScores | None, num_layers: int | None) -> int:
+    if scores is not None:
+        if num_layers is not None and num_layers != scores.num_layers:
+            raise LayercutError(
+                f"num_layers {num_layers} disagrees with the scores ({scores.num_layers} layers): leave num_layers out"
+            )
+        num_layers = scores.num_layers
+    if num_layers is None:
+        raise LayercutError("select() without scores needs num_layers=: pass the model's decoder layer count")
+    if num_layers < 1:
+        raise LayercutError(f"num_layers {num_layers} is below 1: pass the model's decoder layer count")
+    return num_layers
+
+
+def _domain_scores(scores: LayerScores, name: str | None) -> tuple[DomainScores, list[str]]:
+    """One domain's scores, or several pooled (None: all, 'nonmath': all but math); and their names."""
+    if name is None:
+        names = list(scores.domains)
+    elif name == NONMATH and name not in scores.domains:
+        names = [n for n in scores.domains if n != MATH]
+        if not names:
+            raise LayercutError("the scores have no domain besides math: re-score with a non-math calibration domain")
+    else:
+        names = [name]
+    # A single domain is read as stored: pooling one domain would only add rounding.
+    return (scores.domain(names[0]) if len(names) == 1 else scores.combined(names)), names
+
+
+def _math_and_nonmath(scores: LayerScores, method: str) -> tuple[list[float], list[float], list[str]]:
+    if MATH not in scores.domains:
+        raise LayercutError(
+            f"method '{method}' needs a '{MATH}' domain (have: {', '.join(scores.domains)}): "
+            "re-score with math calibration samples"
+        )
+    nonmath, names = _domain_scores(scores, NONMATH)
+    return scores.domain(MATH).cosine, nonmath.cosine, names
+
+
+def _top(candidates: list[int], score: list[float], k: int) -> list[int]:
+    """The k candidates with the highest score (least change), lower index first on a tie."""
+    return sorted(candidates, key=lambda i: (-score[i], i))[:k]
+
+
+def _ranks(candidates: list[int], score: list[float]) -> dict[int, int]:
+    """Rank 0 = most removable (highest score) among the candidates."""
+    return {layer: rank for rank, layer in enumerate(_top(candidates, score, len(candidates)))}
+
+
+def _spaced(order: list[int], k: int, gap: int) -> list[int]:
+    """Walk `order`, keeping a layer only if it is at least `gap` from every one kept; up to k."""
+    chosen: list[int] = []
+    for layer in order:
+        if all(abs(layer - c) >= gap for c in chosen):
+            chosen.append(layer)
+            if len(chosen) == k:
+                break
+    return chosen

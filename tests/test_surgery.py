@@ -1,0 +1,166 @@
+"""Pruned checkpoints reload equal, generate the same tokens, and still see the image."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from layercut import surgery
+from layercut.errors import LayercutError
+from layercut.models import Adapter, auto_class
+from tests.tiny import FAMILY_IDS, make_tiny
+
+
+def drop_set(adapter: Adapter) -> list[int]:
+    """First unprotected, a middle and the second-to-last layer (the issue's three positions)."""
+    L = adapter.num_layers
+    protect = adapter.default_protect()
+    free = [i for i in range(L) if i not in protect]
+    middle = free[len(free) // 2]
+    drop = sorted({free[0], middle, L - 2})
+    assert not set(drop) & protect
+    return drop
+
+
+def greedy(model, inputs, n=8):
+    with torch.no_grad():
+        out = model.generate(**inputs, max_new_tokens=n, do_sample=False, min_new_tokens=n)
+    return out[:, inputs["input_ids"].shape[1]:]
+
+
+@pytest.mark.parametrize("family", FAMILY_IDS)
+def test_prune_reload_equal_generate_same(family, tmp_path):
+    tiny = make_tiny(family, num_layers=7)
+    adapter = Adapter.wrap(tiny.model, source=family)
+    inputs = adapter.complete_inputs(tiny.inputs(batch=2, with_image=tiny.vision))
+    with torch.no_grad():
+        before = tiny.model(**inputs, use_cache=False).logits
+    drop = drop_set(adapter)
+    recipe = surgery.prune(adapter, drop, tmp_path / "out", inputs=inputs, mergekit=True)
+    assert recipe.drop == drop and adapter.num_layers == 7 - len(drop)
+    assert recipe.verify["max_abs_logit_diff"] == 0.0
+    assert adapter.text_config.num_hidden_layers == 7 - len(drop)
+
+    reloaded, info = auto_class(adapter.family).from_pretrained(tmp_path / "out", output_loading_info=True)
+    reloaded.eval()
+    assert info["missing_keys"] == [] or not info["missing_keys"]
+    with torch.no_grad():
+        a = tiny.model(**inputs, use_cache=False).logits
+        b = reloaded(**inputs, use_cache=False).logits
+    assert torch.equal(a, b)
+    assert not torch.allclose(a, before), "dropping layers must change the output"
+
+    tokens = greedy(tiny.model, inputs)
+    assert torch.equal(tokens, greedy(reloaded, inputs))
+    assert len(set(tokens.flatten().tolist())) >= 3, "degenerate tiny model: tokens would match by luck"
+    if tiny.vision:
+        other = adapter.complete_inputs(tiny.inputs_other_image(batch=2, with_image=True))
+        with torch.no_grad():
+            c = reloaded(**other, use_cache=False).logits
+        assert not torch.allclose(b, c), "the image must still change the pruned model's output"
+
+    saved = json.loads((tmp_path / "out" / "config.json").read_text())
+    text = saved.get("text_config", saved)
+    assert text["num_hidden_layers"] == 7 - len(drop)
+    for key in ("layer_types",):
+        if key in text and text[key] is not None:
+            assert len(text[key]) == 7 - len(drop)
+    card = (tmp_path / "out" / "README.md").read_text()
+    assert ", ".join(map(str, drop)) in card
+    assert "passthrough" in (tmp_path / "out" / "mergekit.yaml").read_text()
+
+
+@pytest.mark.parametrize("family", ["llama", "qwen2", "gemma3_text", "mistral", "qwen3"])
+def test_kv_cache_generation_equals_full_recompute(family):
+    """With renumbered layer_idx, cached decoding equals recomputing the whole prefix each step."""
+    tiny = make_tiny(family, num_layers=7)
+    adapter = Adapter.wrap(tiny.model)
+    surgery.drop_layers(adapter, [1, 3, 5])
+    inputs = tiny.inputs(batch=1, with_image=False, pad=False)
+    cached = greedy(tiny.model, inputs, n=10)
+    ids = inputs["input_ids"]
+    with torch.no_grad():
+        for _ in range(10):
+            nxt = tiny.model(input_ids=ids, use_cache=False).logits[:, -1].argmax(-1, keepdim=True)
+            ids = torch.cat([ids, nxt], dim=1)
+    assert torch.equal(cached, ids[:, inputs["input_ids"].shape[1]:])
+
+
+@pytest.mark.parametrize("family", ["qwen2", "gemma3_text"])
+def test_naive_deletion_is_wrong_where_layer_types_differ(family):
+    """Why the config must change too: deleting modules alone shifts sliding/full attention."""
+    tiny = make_tiny(family, num_layers=7)
+    adapter = Adapter.wrap(tiny.model)
+    types = adapter.text_config.layer_types
+    drop = next([i] for i in range(1, 6) if types[i] != types[i + 1])
+    inputs = tiny.inputs(batch=2, with_image=False)
+    with surgery.skipped(adapter, drop):
+        with torch.no_grad():
+            right = tiny.model(**inputs, use_cache=False).logits
+    layers = adapter.layers
+    adapter.decoder.layers = torch.nn.ModuleList([layers[i] for i in range(7) if i not in drop])
+    adapter.text_config.num_hidden_layers = 6  # lists left alone: the naive way
+    with torch.no_grad():
+        naive = tiny.model(**inputs, use_cache=False).logits
+    assert not torch.allclose(right, naive)
+
+
+def test_skipped_view_restores_the_model_exactly():
+    tiny = make_tiny("qwen2", num_layers=7)
+    adapter = Adapter.wrap(tiny.model)
+    inputs = tiny.inputs(batch=2, with_image=False)
+    cfg = adapter.text_config
+    snapshot = (list(cfg.layer_types), cfg.max_window_layers, cfg.num_hidden_layers)
+    with torch.no_grad():
+        before = tiny.model(**inputs).logits
+        with surgery.skipped(adapter, [2, 4]):
+            assert adapter.num_layers == 5
+            assert [l.self_attn.layer_idx for l in adapter.layers] == list(range(5))
+        after = tiny.model(**inputs).logits
+    assert torch.equal(before, after)
+    assert (list(cfg.layer_types), cfg.max_window_layers, cfg.num_hidden_layers) == snapshot
+    assert [l.self_attn.layer_idx for l in adapter.layers] == list(range(7))
+
+
+def test_qwen3_vl_deepstack_layers_are_protected(tmp_path):
+    tiny = make_tiny("qwen3_vl", num_layers=7)
+    adapter = Adapter.wrap(tiny.model)
+    assert adapter.protected_layers() == {0, 1, 2}
+    with pytest.raises(LayercutError, match="protected"):
+        surgery.prune(adapter, [1], tmp_path / "o", protect=set())
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize(
+    "drop, message",
+    [([0], "protected"), ([6], "protected"), ([9], "does not exist"), ([2, 2], "twice"),
+     ([1, 2, 3, 4, 5, 6, 0], "leave none")],
+)
+def test_bad_drop_lists(drop, message, tmp_path):
+    tiny = make_tiny("llama", num_layers=7)
+    adapter = Adapter.wrap(tiny.model)
+    protect = None if message == "protected" else set()
+    with pytest.raises(LayercutError, match=message):
+        surgery.prune(adapter, drop, tmp_path / "o", protect=protect)
+    assert not (tmp_path / "o").exists() and list(tmp_path.iterdir()) == []
+    assert adapter.num_layers == 7
+
+
+def test_existing_output_is_refused(tmp_path):
+    tiny = make_tiny("llama", num_layers=7)
+    adapter = Adapter.wrap(tiny.model)
+    (tmp_path / "o").mkdir()
+    with pytest.raises(LayercutError, match="already exists"):
+        surgery.prune(adapter, [3], tmp_path / "o")
+    assert adapter.num_layers == 7
+
+
+def test_recipe_round_trip_and_mergekit_ranges(tmp_path):
+    r = surgery.Recipe(source="m", drop=[3, 5], kept=[0, 1, 2, 4, 6], num_layers_before=7,
+                       parameters_before=10, parameters_after=8, params={"alpha": 0.5})
+    r.save(tmp_path / "r.json")
+    assert surgery.Recipe.load(tmp_path / "r.json") == r
+    assert surgery.kept_ranges(r.kept) == [(0, 3), (4, 5), (6, 7)]
+    assert "layer_range: [4, 5]" in surgery.mergekit_yaml(r)
