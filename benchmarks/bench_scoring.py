@@ -22,7 +22,11 @@ After loading the model and encoding the batches, the child resets the kernel's 
 in the memory-mapped weights (the same for every way), notes VmRSS, runs its way over all batches and
 reads VmHWM; the figure is the peak increase over that baseline. A fresh process per way keeps
 one way's freed-but-cached allocator memory from hiding the next one's, and resetting the mark
-keeps the model load's own peak out of it. Where clear_refs cannot be written, the child falls
+keeps the model load's own peak out of it. The children run with glibc's
+MALLOC_MMAP_THRESHOLD_=131072, so every tensor above 128 KiB gets its own mapping and goes back
+to the kernel when freed: RSS then follows the live tensors. With glibc's default (a threshold
+that moves at run time) the same child gave peaks up to 110 MiB apart from run to run; with the
+fixed threshold, repeats agree to the MiB. Where clear_refs cannot be written, the child falls
 back to `resource.getrusage(...).ru_maxrss` (monotonic per process, so it is only right when the
 run peaks above the load) and says so.
 
@@ -40,6 +44,7 @@ from __future__ import annotations
 import argparse
 import gc
 import json
+import os
 import re
 import resource
 import statistics
@@ -56,6 +61,7 @@ from layercut.models import load
 from layercut.scoring import score
 
 MODEL = "smollm2-135m"
+MMAP_THRESHOLD = "131072"  # bytes; glibc setting for the memory children (see above)
 WAYS = {"a": "plain inference", "b": "layercut streaming", "c": "output_hidden_states"}
 
 
@@ -136,7 +142,8 @@ def memory_in_child(args, way):
     cmd = [sys.executable, __file__, "--mode", "mem", "--way", way, "--threads", str(args.threads),
            "--per-domain", str(args.per_domain), "--max-length", str(args.max_length),
            "--batch-size", str(args.batch_size)]
-    done = subprocess.run(cmd, capture_output=True, text=True, check=True)
+    env = dict(os.environ, MALLOC_MMAP_THRESHOLD_=MMAP_THRESHOLD)
+    done = subprocess.run(cmd, capture_output=True, text=True, check=True, env=env)
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
@@ -193,7 +200,8 @@ def main():
         f"(built-in text calib, {args.per_domain} math + {args.per_domain} general, max_length "
         f"{args.max_length}): {tokens} tokens, {positions - tokens} padding positions "
         f"({(positions - tokens) / positions:.0%}). torch threads: {args.threads}. "
-        f"Peak memory by {mem['a']['method']}, one subprocess per way; model + batches baseline "
+        f"Peak memory by {mem['a']['method']}, one subprocess per way (MALLOC_MMAP_THRESHOLD_="
+        f"{MMAP_THRESHOLD}); baseline after load, encoding and an 8-token warm-up "
         f"{mem['a']['base_kib'] / 1024:.0f} MiB."
     )
     table = Table(title="Scoring cost vs plain inference (same batches)")

@@ -82,6 +82,7 @@ def select(
     min_gap: int | None = None,
     seed: int = 0,
     loss_fn: Callable[[list[int]], float] | None = None,
+    threshold: int | None = None,
 ) -> Selection:
     """Choose `budget` layers to drop with `method` (a name in METHODS or a domain in the scores).
 
@@ -105,7 +106,7 @@ def select(
         )
     if entry.needs_scores and scores is None:
         raise LayercutError(f"method '{method}' needs layer scores: run `layercut score` and pass its scores")
-    request = _Request(scores, budget, L, frozenset(protected), domain, alpha, min_gap, seed, loss_fn)
+    request = _Request(scores, budget, L, frozenset(protected), domain, alpha, min_gap, seed, loss_fn, threshold)
     drop, params = entry.run(request) if budget else ([], {})
     return Selection(method, budget, drop, L, sorted(protected), params)
 
@@ -128,6 +129,7 @@ class _Request:
     min_gap: int | None
     seed: int
     loss_fn: Callable[[list[int]], float] | None
+    threshold: int | None = None  # hybrid: first budget that is spacing-constrained
 
     @property
     def candidates(self) -> list[int]:
@@ -267,6 +269,23 @@ def _iterative(r: _Request) -> tuple[list[int], dict[str, Any]]:
     return drop, {"losses": losses}
 
 
+def _hybrid(r: _Request) -> tuple[list[int], dict[str, Any]]:
+    # Below the structure-dominated regime the ranking matters most; from it on, spacing does.
+    if r.threshold is None:
+        raise LayercutError(
+            "method 'hybrid' needs threshold= (the budget where spacing takes over): take it from "
+            "`layercut report`'s regime analysis or pass --hybrid-threshold"
+        )
+    name = r.domain if r.domain is not None else (MATH if MATH in r.scores.domains else None)
+    if r.budget < r.threshold:
+        scores, names = _domain_scores(r.scores, name)
+        drop, params = _top(r.candidates, scores.cosine, r.budget), {"domains": names, "mode": "ranking"}
+    else:
+        drop, params = _spacing(_Request(**{**r.__dict__, "domain": name}))
+        params["mode"] = "spacing"
+    return drop, {**params, "threshold": r.threshold}
+
+
 METHODS: dict[str, Method] = {
     "domain": Method(_by_domain, "k highest cosine on domain= (or name the domain itself as the method)"),
     NONMATH: Method(_nonmath, "k highest cosine on every domain but math, pooled by token count"),
@@ -281,6 +300,7 @@ METHODS: dict[str, Method] = {
     "iterative": Method(
         _iterative, "SLEB-like: k rounds, each dropping the layer that raises loss_fn least", needs_scores=False
     ),
+    "hybrid": Method(_hybrid, "domain ranking below threshold=, spacing-constrained from it on (ours)"),
 }
 
 

@@ -72,7 +72,7 @@ def scores() -> LayerScores:
 def test_registry_lists_every_method_with_a_description():
     assert list(METHODS) == [
         "domain", "nonmath", "mixed", "mixed-rank", "bi", "block",
-        "last", "uniform", "spacing", "random", "iterative",
+        "last", "uniform", "spacing", "random", "iterative", "hybrid",
     ]  # fmt: skip
     assert all(m.description for m in METHODS.values())
 
@@ -334,7 +334,7 @@ def test_iterative_ties_and_errors():
 
 
 def test_unknown_method_lists_methods(scores):
-    with pytest.raises(LayercutError, match=r"unknown method 'foo': use one of domain, nonmath, .*iterative .*math"):
+    with pytest.raises(LayercutError, match=r"unknown method 'foo': use one of domain, nonmath, .*iterative, hybrid .*math"):
         select(scores, "foo", 2)
     with pytest.raises(LayercutError, match="unknown method 'math'.*with scores"):
         select(None, "math", 2, num_layers=L)
@@ -365,3 +365,15 @@ def test_layer_count_and_protect_errors(scores):
     with pytest.raises(LayercutError, match="disagrees with the scores"):
         select(scores, "math", 2, num_layers=12)
     assert select(scores, "math", 2, num_layers=L).drop == [4, 2]
+
+
+def test_hybrid_switches_from_ranking_to_spacing_at_the_threshold(scores):
+    s = scores
+    for k in (1, 2, 3):
+        low = select(s, "hybrid", k, threshold=4)
+        assert low.drop == select(s, "math", k).drop and low.params["mode"] == "ranking"
+    for k in (4, 5):
+        high = select(s, "hybrid", k, threshold=4)
+        assert high.drop == select(s, "spacing", k).drop and high.params["mode"] == "spacing"
+    with pytest.raises(LayercutError, match="threshold"):
+        select(s, "hybrid", 2)

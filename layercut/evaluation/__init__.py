@@ -1,32 +1,25 @@
-"""Teacher-forced measurements of a (possibly pruned) model on encoded batches."""
+"""Evaluation: tasks are data, answer extractors are small pure functions.
 
-from __future__ import annotations
+    from layercut.evaluation import prepare, evaluate, TASKS
+    prepared = prepare("gsm8k", adapter, limit=30)     # documents, prompts, tokens: once
+    with surgery.skipped(adapter, [12, 13]):
+        evaluate(adapter, prepared)                    # {"accuracy": 0.03, "n": 30.0}
 
-from typing import Any, Iterable
+- `tasks/`: one YAML file per task, loaded into `TaskSpec`s (`TASKS`, `get_task`, `load_task`);
+  a user adds a task with one YAML file pointing at a JSONL file.
+- `sources`: the documents of the built-in tasks, all offline and held out from calibration.
+- `extract`: registered answer extractors (`EXTRACTORS`) and `is_equiv` for math answers.
+- `runner`: `prepare`, `evaluate`, `HIGHER_IS_BETTER`, and `token_nll` over calibration batches.
+- `judge`: an optional OpenAI-compatible judge for generated answers.
+"""
 
-import torch
+from layercut.evaluation.extract import EXTRACTORS, is_equiv
+from layercut.evaluation.runner import (
+    HIGHER_IS_BETTER, Prepared, evaluate, prepare, score_continuations, token_nll,
+)
+from layercut.evaluation.tasks import TASKS, TaskSpec, get_task, load_task
 
-from layercut.scoring import Batch
-
-
-@torch.no_grad()
-def token_nll(adapter: Any, batches: Iterable[Batch]) -> dict[str, float]:
-    """Mean next-token negative log-likelihood per domain (and "all"), over real text tokens.
-
-    Padding and image tokens are never targets.
-    """
-    sums: dict[str, float] = {}
-    counts: dict[str, int] = {}
-    for batch in batches:
-        inputs = adapter.complete_inputs(batch.inputs)
-        ids = inputs["input_ids"]
-        attn = inputs.get("attention_mask", torch.ones_like(ids)).bool()
-        target_ok = attn[:, 1:] & attn[:, :-1] & ~adapter.image_mask(ids)[:, 1:]
-        logits = adapter.model(**inputs, use_cache=False).logits[:, :-1][target_ok].float()
-        targets = ids[:, 1:][target_ok]
-        nll = torch.nn.functional.cross_entropy(logits, targets, reduction="sum")
-        sums[batch.domain] = sums.get(batch.domain, 0.0) + float(nll)
-        counts[batch.domain] = counts.get(batch.domain, 0) + int(target_ok.sum())
-    out = {d: sums[d] / max(counts[d], 1) for d in sums}
-    out["all"] = sum(sums.values()) / max(sum(counts.values()), 1)
-    return out
+__all__ = [
+    "EXTRACTORS", "HIGHER_IS_BETTER", "Prepared", "TASKS", "TaskSpec", "evaluate", "get_task",
+    "is_equiv", "load_task", "prepare", "score_continuations", "token_nll",
+]

@@ -1,0 +1,336 @@
+"""Every method at every budget on every task, with the weights loaded once.
+
+A sweep is a plan of cells (method, budget, task). Each method's selection at each budget gives a
+drop set; each distinct drop set is evaluated once per task through a layer-skip view of the one
+loaded model (`surgery.skipped`: no reload, no copy, KV cache still right), and its result is
+fanned out to every cell that chose the same set (marked `shared`).
+
+Results stream to `cells.jsonl`, one fsync'd line per evaluated (drop set, task), and the tidy
+table `results.parquet` + `results.csv` is rewritten after each. A sweep killed at any moment
+resumes with `resume=True`: finished lines are kept, a torn last line is dropped, nothing is
+evaluated twice. `executor="ray"` spreads (drop set, task) units over Ray actors that each load
+the model once.
+
+`hybrid` needs the budget where spacing takes over: unless given, the sweep first runs the other
+methods, finds the structure-dominated regime in their results (`regimes.hybrid_threshold`), and
+then plans the hybrid cells.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+import pandas as pd
+
+from layercut.errors import LayercutError
+
+SPEC_FILE = "sweep.json"
+LOG_FILE = "cells.jsonl"
+COLUMNS = [
+    "method", "budget", "task", "domain", "metric", "value", "higher_is_better",
+    "drop", "n", "seconds", "shared",
+]
+
+
+@dataclass
+class SweepSpec:
+    """What to sweep; saved as sweep.json so a sweep can be resumed or reported alone."""
+
+    model: str
+    methods: list[str]
+    budgets: list[int]
+    tasks: list[str]
+    scores: str | None = None  # scores.json (copied into the sweep folder)
+    calib: str | None = None  # for `iterative`
+    limit: int | None = None  # examples per task
+    protect: str = "default"
+    seed: int = 0
+    batch_size: int = 8
+    options: dict[str, Any] = field(default_factory=dict)  # alpha, min_gap, domain, hybrid_threshold
+    num_layers: int = 0  # filled when planned
+    protected: list[int] = field(default_factory=list)  # resolved protected layers, filled when planned
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(json.dumps(asdict(self), indent=1) + "\n")
+
+    @classmethod
+    def load(cls, path: str | Path) -> "SweepSpec":
+        return cls(**json.loads(Path(path).read_text()))
+
+
+@dataclass(frozen=True)
+class Unit:
+    """One evaluation: a drop set on a task. Many cells may share it."""
+
+    drop: tuple[int, ...]  # sorted original indices
+    task: str
+
+    @property
+    def key(self) -> str:
+        return f"{self.task}|{','.join(map(str, self.drop))}"
+
+
+def parse_budgets(text: str) -> list[int]:
+    """'0:16:2' (start:stop:step, stop inclusive), '0,2,4' or '6'."""
+    try:
+        if ":" in text:
+            parts = [int(x) for x in text.split(":")]
+            start, stop = parts[0], parts[1]
+            step = parts[2] if len(parts) > 2 else 1
+            if step <= 0:
+                raise ValueError
+            return list(range(start, stop + 1, step))
+        return [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise LayercutError(f"--budgets '{text}': use start:stop:step (e.g. 0:16:2) or a list like 0,2,4") from None
+
+
+# --------------------------------------------------------------------------- planning
+
+
+def plan_selections(
+    spec: SweepSpec, scores: Any, adapter: Any = None, methods: Iterable[str] | None = None
+) -> dict[tuple[str, int], list[int]]:
+    """(method, budget) -> drop list, for the given methods (default: the spec's)."""
+    from layercut import api, selection
+
+    methods = list(spec.methods if methods is None else methods)
+    protect = set(spec.protected)
+    options = {k: v for k, v in spec.options.items() if k in ("alpha", "min_gap", "domain")}
+    picks: dict[tuple[str, int], list[int]] = {}
+    for method in methods:
+        if method == "iterative":
+            # Greedy and deterministic: the budget-k choice is the first k of the largest run.
+            loss_fn = api.calibration_loss_fn(adapter, api.calibration(spec.calib))
+            top = max(spec.budgets)
+            sel = selection.select(scores, method, top, num_layers=spec.num_layers, protect=protect, loss_fn=loss_fn)
+            for k in spec.budgets:
+                picks[(method, k)] = sel.drop[:k]
+            continue
+        extra = {"threshold": spec.options.get("hybrid_threshold")} if method == "hybrid" else {}
+        for k in spec.budgets:
+            sel = selection.select(
+                scores, method, k, num_layers=spec.num_layers, protect=protect, seed=spec.seed,
+                **options, **extra,
+            )
+            picks[(method, k)] = sel.drop
+    return picks
+
+
+# --------------------------------------------------------------------------- the results log
+
+
+class ResultsLog:
+    """Append-only JSON lines, fsync'd; the tidy tables are derived from it after every line."""
+
+    def __init__(self, folder: Path, domains: dict[str, str]) -> None:
+        self.folder = folder
+        self.path = folder / LOG_FILE
+        self.domains = domains
+        self.done: dict[str, dict[str, Any]] = {}
+        if self.path.exists():
+            self._read()
+
+    def _read(self) -> None:
+        raw = self.path.read_bytes()
+        end = raw.rfind(b"\n") + 1
+        if end < len(raw):  # a torn last line from a kill: drop it
+            with open(self.path, "r+b") as f:
+                f.truncate(end)
+        for line in raw[:end].decode().splitlines():
+            if line.strip():
+                rec = json.loads(line)
+                self.done[rec["key"]] = rec
+
+    def add(self, unit: Unit, metrics: dict[str, float], seconds: float) -> None:
+        rec = {"key": unit.key, "task": unit.task, "drop": list(unit.drop), "metrics": metrics,
+               "seconds": seconds}
+        with open(self.path, "a") as f:
+            f.write(json.dumps(rec) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        self.done[unit.key] = rec
+
+    def table(self, picks: dict[tuple[str, int], list[int]], tasks: list[str]) -> pd.DataFrame:
+        """One row per (method, budget, task, metric) whose unit is done."""
+        from layercut.evaluation import HIGHER_IS_BETTER
+
+        rows = []
+        first_owner: dict[str, tuple[str, int]] = {}
+        for (method, budget), drop in picks.items():
+            for task in tasks:
+                unit = Unit(tuple(sorted(drop)), task)
+                rec = self.done.get(unit.key)
+                if rec is None:
+                    continue
+                owner = first_owner.setdefault(unit.key, (method, budget))
+                for metric, value in rec["metrics"].items():
+                    if metric not in HIGHER_IS_BETTER:
+                        continue
+                    rows.append({
+                        "method": method, "budget": budget, "task": task,
+                        "domain": self.domains.get(task, ""), "metric": metric, "value": float(value),
+                        "higher_is_better": HIGHER_IS_BETTER[metric],
+                        "drop": ",".join(map(str, drop)), "n": int(rec["metrics"].get("n", 0)),
+                        "seconds": rec["seconds"], "shared": owner != (method, budget),
+                    })
+        return pd.DataFrame(rows, columns=COLUMNS)
+
+    def write_tables(self, picks: dict[tuple[str, int], list[int]], tasks: list[str]) -> pd.DataFrame:
+        from layercut.io import atomic_file
+
+        df = self.table(picks, tasks)
+        with atomic_file(self.folder / "results.parquet", overwrite=True) as tmp:
+            df.to_parquet(tmp, index=False)
+        with atomic_file(self.folder / "results.csv", overwrite=True) as tmp:
+            df.to_csv(tmp, index=False)
+        return df
+
+
+# --------------------------------------------------------------------------- executors
+
+
+class _Worker:
+    """Holds one loaded model and its prepared tasks; evaluates units under layer-skip views."""
+
+    def __init__(self, model: Any, tasks: list[str], limit: int | None, seed: int, batch_size: int) -> None:
+        from layercut import api
+        from layercut.evaluation import prepare
+
+        self.adapter = api.load_model(model)
+        self.batch_size = batch_size
+        self.prepared = {t: prepare(t, self.adapter, limit=limit, seed=seed) for t in tasks}
+
+    def run(self, unit: Unit) -> tuple[Unit, dict[str, float], float]:
+        from layercut import surgery
+        from layercut.evaluation import evaluate
+
+        t0 = time.perf_counter()
+        with surgery.skipped(self.adapter, unit.drop):
+            metrics = evaluate(self.adapter, self.prepared[unit.task], batch_size=self.batch_size)
+        return unit, {k: float(v) for k, v in metrics.items()}, time.perf_counter() - t0
+
+
+def _run_local(worker: _Worker, units: list[Unit], on_result: Callable) -> None:
+    for unit in units:
+        on_result(*worker.run(unit))
+
+
+def _run_ray(spec: SweepSpec, units: list[Unit], on_result: Callable, workers: int | None) -> None:
+    try:
+        import ray
+    except ImportError:
+        raise LayercutError("--executor ray needs Ray: pip install 'layercut[ray]'") from None
+    if not ray.is_initialized():
+        ray.init(address=os.environ.get("RAY_ADDRESS"), include_dashboard=False,
+                 log_to_driver=False, num_cpus=workers)
+    n = workers or max(1, int(ray.available_resources().get("CPU", 1)))
+    actor = ray.remote(num_cpus=1)(_Worker)
+    pool = [actor.remote(spec.model, spec.tasks, spec.limit, spec.seed, spec.batch_size) for _ in range(n)]
+    pending = {}
+    queue = list(units)
+    for a in pool:
+        if queue:
+            pending[a.run.remote(queue.pop(0))] = a
+    while pending:
+        done, _ = ray.wait(list(pending), num_returns=1)
+        a = pending.pop(done[0])
+        on_result(*ray.get(done[0]))
+        if queue:
+            pending[a.run.remote(queue.pop(0))] = a
+
+
+# --------------------------------------------------------------------------- the sweep
+
+
+def run_sweep(
+    spec: SweepSpec,
+    out: str | Path,
+    *,
+    resume: bool = False,
+    executor: str = "local",
+    workers: int | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> pd.DataFrame:
+    """Run (or resume) a sweep into `out`; returns the tidy results table."""
+    from layercut import api
+    from layercut.evaluation import get_task
+    from layercut.scoring import LayerScores
+
+    out = Path(out)
+    if executor not in ("local", "ray"):
+        raise LayercutError(f"unknown executor '{executor}': use local or ray")
+    if out.exists() and not resume:
+        raise LayercutError(f"sweep folder '{out}' already exists: pass --resume to continue it, or another --out")
+    if resume and not (out / SPEC_FILE).is_file():
+        raise LayercutError(f"nothing to resume in '{out}' (no {SPEC_FILE}): start the sweep without --resume")
+    if resume:
+        saved = SweepSpec.load(out / SPEC_FILE)
+        if (saved.methods, saved.budgets, saved.tasks, saved.model) != (spec.methods, spec.budgets, spec.tasks, spec.model):
+            raise LayercutError(f"'{out}' holds a different sweep: resume with the same model, methods, budgets and tasks")
+        spec = saved
+    domains = {t: get_task(t).domain for t in spec.tasks}
+
+    scores = LayerScores.load(spec.scores) if spec.scores else None
+    worker = _Worker(spec.model, spec.tasks, spec.limit, spec.seed, spec.batch_size) if executor == "local" else None
+    adapter = worker.adapter if worker else api.load_model(spec.model)
+    spec.num_layers = adapter.num_layers
+    spec.protected = sorted(api.protect_set(spec.num_layers, spec.protect, adapter.protected_layers()))
+    if scores is not None and scores.num_layers != spec.num_layers:
+        raise LayercutError(f"the scores are for {scores.num_layers} layers, the model has {spec.num_layers}: re-score")
+    if max(spec.budgets) >= spec.num_layers:
+        raise LayercutError(f"budget {max(spec.budgets)} >= {spec.num_layers} layers: lower --budgets")
+
+    out.mkdir(parents=True, exist_ok=True)
+    if not resume:
+        spec.save(out / SPEC_FILE)
+        if scores is not None:
+            scores.save(out / "scores.json")
+    log = ResultsLog(out, domains)
+
+    phases = [[m for m in spec.methods if m != "hybrid"]]
+    if "hybrid" in spec.methods:
+        phases.append(["hybrid"])
+    picks: dict[tuple[str, int], list[int]] = {}
+    for methods in phases:
+        if methods == ["hybrid"] and spec.options.get("hybrid_threshold") is None:
+            found = _threshold_from(log.table(picks, spec.tasks))
+            # No structure-dominated regime in range: hybrid stays a pure ranking method.
+            spec.options["hybrid_threshold"] = found if found is not None else max(spec.budgets) + 1
+            spec.options["hybrid_threshold_found"] = found is not None
+            spec.save(out / SPEC_FILE)
+        picks.update(plan_selections(spec, scores, adapter, methods))
+        units = list(dict.fromkeys(
+            Unit(tuple(sorted(drop)), t) for drop in picks.values() for t in spec.tasks
+        ))
+        todo = [u for u in units if u.key not in log.done]
+        total, done = len(units), len(units) - len(todo)
+        if progress:
+            progress(done, total)
+
+        def on_result(unit: Unit, metrics: dict[str, float], seconds: float) -> None:
+            nonlocal done
+            log.add(unit, metrics, seconds)
+            log.write_tables(picks, spec.tasks)
+            done += 1
+            if progress:
+                progress(done, total)
+
+        if executor == "local":
+            _run_local(worker, todo, on_result)
+        else:
+            _run_ray(spec, todo, on_result, workers)
+    return log.write_tables(picks, spec.tasks)
+
+
+def _threshold_from(results: pd.DataFrame) -> int | None:
+    from layercut.regimes import analyze, hybrid_threshold
+
+    if results.empty:
+        return None
+    return hybrid_threshold(analyze(results))

@@ -1,0 +1,143 @@
+"""Sweeps: layer-skip views equal pruned checkpoints, kills resume exactly, Ray equals local."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+
+from layercut import api, models, surgery
+from layercut.errors import LayercutError
+from layercut.evaluation import evaluate, prepare
+from layercut.sweep import LOG_FILE, SweepSpec, parse_budgets, run_sweep
+
+METHODS = ["math", "bi", "block", "last", "uniform", "spacing"]
+TASKS = ["nll-math", "nll-general"]
+
+
+@pytest.fixture(scope="module")
+def scores_path(tiny_text_dir, tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("scores") / "scores.json"
+    api.score(str(tiny_text_dir), "builtin:text:4", max_length=64).save(path)
+    return path
+
+
+def spec_for(model: Path, scores: Path, **kw) -> SweepSpec:
+    base = dict(model=str(model), methods=METHODS, budgets=[0, 1, 2, 3], tasks=TASKS,
+                scores=str(scores), limit=6)
+    base.update(kw)
+    return SweepSpec(**base)
+
+
+def comparable(df: pd.DataFrame) -> pd.DataFrame:
+    cols = ["method", "budget", "task", "metric", "value", "drop", "n", "shared"]
+    return df[cols].sort_values(["method", "budget", "task", "metric"]).reset_index(drop=True)
+
+
+def test_skip_view_equals_pruned_and_reloaded_checkpoint(tiny_llava_dir, tmp_path):
+    """Same drop set: the in-place view and a real pruned copy give equal logits and metrics."""
+    adapter = models.load(str(tiny_llava_dir))
+    inputs = surgery.probe_inputs(adapter)
+    drop = [2, 4]
+    prepared = prepare("nll-math", adapter, limit=4)
+    with surgery.skipped(adapter, drop):
+        with torch.no_grad():
+            view = adapter.model(**inputs, use_cache=False).logits
+        view_metrics = evaluate(adapter, prepared)
+        view_tokens = adapter.model.generate(**inputs, max_new_tokens=6, do_sample=False)
+    api.prune(str(tiny_llava_dir), drop=drop, out=tmp_path / "p")
+    pruned = models.load(str(tmp_path / "p"))
+    with torch.no_grad():
+        real = pruned.model(**inputs, use_cache=False).logits
+    assert torch.equal(view, real)
+    assert evaluate(pruned, prepare("nll-math", pruned, limit=4)) == view_metrics
+    assert torch.equal(view_tokens, pruned.model.generate(**inputs, max_new_tokens=6, do_sample=False))
+    with torch.no_grad():
+        full = adapter.model(**inputs, use_cache=False).logits
+    assert not torch.equal(full, view), "the view is undone on exit"
+
+
+def test_sweep_table_shares_repeated_drop_sets(tiny_text_dir, scores_path, tmp_path):
+    df = run_sweep(spec_for(tiny_text_dir, scores_path), tmp_path / "s")
+    cells = df.drop_duplicates(["method", "budget", "task"])
+    assert len(cells) == len(METHODS) * 4 * len(TASKS)
+    # budget 0 is one evaluation shared by every method
+    zero = cells[cells.budget == 0]
+    assert zero["shared"].sum() == len(zero) - len(TASKS)
+    assert zero.groupby("task")["value"].nunique().eq(1).all()
+    units = {(r.task, tuple(sorted(r.drop.split(",")))) for r in cells.itertuples()}
+    log = [json.loads(line) for line in (tmp_path / "s" / LOG_FILE).read_text().splitlines()]
+    assert len(log) == len(units), "each distinct (drop set, task) evaluated exactly once"
+    assert (tmp_path / "s" / "results.csv").is_file() and (tmp_path / "s" / "sweep.json").is_file()
+    with pytest.raises(LayercutError, match="--resume"):
+        run_sweep(spec_for(tiny_text_dir, scores_path), tmp_path / "s")
+
+
+def test_killed_sweep_resumes_to_the_same_table(tiny_text_dir, scores_path, tmp_path):
+    exe = Path(sys.executable).parent / "layercut"
+    args = [str(exe), "sweep", "--model", str(tiny_text_dir), "--scores", str(scores_path),
+            "--methods", ",".join(METHODS + ["random"]), "--budgets", "0:3", "--tasks", ",".join(TASKS),
+            "--limit", "6", "--no-report"]
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen(args + ["--out", str(killed)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    log = killed / LOG_FILE
+    deadline = time.time() + 240
+    while time.time() < deadline:
+        if log.exists() and len(log.read_text().splitlines()) >= 3:
+            break
+        if proc.poll() is not None:
+            break
+        time.sleep(0.02)
+    assert proc.poll() is None, "the sweep finished before it could be killed"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    before = len(log.read_text().splitlines())
+    resumed = subprocess.run(args + ["--out", str(killed), "--resume"], capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    whole = tmp_path / "whole"
+    clean = subprocess.run(args + ["--out", str(whole)], capture_output=True, text=True, timeout=600)
+    assert clean.returncode == 0, clean.stderr[-2000:]
+    a = pd.read_parquet(killed / "results.parquet")
+    b = pd.read_parquet(whole / "results.parquet")
+    pd.testing.assert_frame_equal(comparable(a), comparable(b))
+    keys = [json.loads(line)["key"] for line in log.read_text().splitlines()]
+    assert len(keys) == len(set(keys)) > before, "no lost or duplicated evaluation"
+
+
+def test_ray_executor_gives_the_local_table(tiny_text_dir, scores_path, tmp_path):
+    ray = pytest.importorskip("ray")
+    spec = dict(methods=["math", "uniform", "last"], budgets=[0, 2])
+    local = run_sweep(spec_for(tiny_text_dir, scores_path, **spec), tmp_path / "local")
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        remote = run_sweep(spec_for(tiny_text_dir, scores_path, **spec), tmp_path / "ray", executor="ray", workers=2)
+    finally:
+        ray.shutdown()
+    pd.testing.assert_frame_equal(comparable(local), comparable(remote))
+
+
+def test_hybrid_gets_its_threshold_from_the_other_methods(tiny_text_dir, scores_path, tmp_path):
+    df = run_sweep(spec_for(tiny_text_dir, scores_path, methods=["math", "spacing", "block", "hybrid"]), tmp_path / "h")
+    spec = json.loads((tmp_path / "h" / "sweep.json").read_text())
+    assert "hybrid_threshold" in spec["options"]
+    t = spec["options"]["hybrid_threshold"]
+    hyb = df[(df.method == "hybrid") & (df.task == "nll-math")].set_index("budget")["drop"]
+    ref = {m: df[(df.method == m) & (df.task == "nll-math")].set_index("budget")["drop"] for m in ("math", "spacing")}
+    for k, drop in hyb.items():
+        parent = "math" if k < t else "spacing"
+        assert sorted(drop.split(",")) == sorted(ref[parent][k].split(",")), (k, t)
+
+
+def test_parse_budgets():
+    assert parse_budgets("0:16:4") == [0, 4, 8, 12, 16]
+    assert parse_budgets("0,2,5") == [0, 2, 5]
+    with pytest.raises(LayercutError, match="budgets"):
+        parse_budgets("0:x")
