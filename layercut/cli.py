@@ -251,8 +251,8 @@ def eval_(
     tasks: str = typer.Option(..., help="Comma-separated tasks (layercut's, or the harness's)."),
     drop: Optional[str] = typer.Option(None, help="Evaluate as if these layers were dropped (no copy)."),
     limit: Optional[int] = typer.Option(None, help="Examples per task."),
-    harness: str = typer.Option("layercut", help="layercut | lm-eval"),
-    include_path: Optional[Path] = typer.Option(None, help="Folder of extra task YAMLs (lm-eval)."),
+    harness: str = typer.Option("layercut", help="layercut | lm-eval | lmms-eval"),
+    include_path: Optional[Path] = typer.Option(None, help="Folder of extra task YAMLs (lm-eval, lmms-eval)."),
     judge_url: Optional[str] = typer.Option(None, help="OpenAI-compatible endpoint to judge generated answers."),
     batch_size: int = typer.Option(8, min=1),
     out: Optional[Path] = typer.Option(None, help="Write the metrics as JSON."),
@@ -279,8 +279,13 @@ def eval_(
 
             results = run_lm_eval(adapter, names, include_path=str(include_path) if include_path else None,
                                   limit=limit, batch_size=batch_size)
+        elif harness == "lmms-eval":
+            from layercut.bridges.lmms_eval_plugin import run_lmms_eval
+
+            results = run_lmms_eval(adapter, names, include_path=str(include_path) if include_path else None,
+                                    limit=limit, batch_size=batch_size)
         else:
-            raise LayercutError(f"unknown harness '{harness}': use layercut or lm-eval (lmms-eval runs layercut as a plugin)")
+            raise LayercutError(f"unknown harness '{harness}': use layercut, lm-eval or lmms-eval")
     table = Table(title=f"{model}" + (f" without layers {drop_list}" if drop_list else ""))
     for col in ("task", "metric", "value"):
         table.add_column(col)

@@ -84,7 +84,8 @@ def write_lmms_tasks(folder: Path) -> Path:
         doc_to_visual: !function utils.doc_to_visual
         doc_to_text: !function utils.doc_to_text
     ''')
-    (folder / "colours_gen.yaml").write_text("task: layercut_colours_gen\noutput_type: generate_until\n" + common + textwrap.dedent('''
+    head = "task: layercut_colours_gen\noutput_type: generate_until\n"
+    (folder / "colours_gen.yaml").write_text(head + common + textwrap.dedent('''
         doc_to_target: answer
         generation_kwargs:
           max_new_tokens: 3
@@ -95,7 +96,8 @@ def write_lmms_tasks(folder: Path) -> Path:
             higher_is_better: true
             ignore_case: true
     '''))
-    (folder / "colours_mc.yaml").write_text("task: layercut_colours_mc\noutput_type: multiple_choice\n" + common + textwrap.dedent('''
+    head = "task: layercut_colours_mc\noutput_type: multiple_choice\n"
+    (folder / "colours_mc.yaml").write_text(head + common + textwrap.dedent('''
         doc_to_choice: !function utils.doc_to_choice
         doc_to_target: !function utils.doc_to_target
         metric_list:
@@ -173,7 +175,7 @@ def run_lmms_cli(model_args: str, tasks_dir: Path, out: Path) -> subprocess.Comp
         "--tasks", ",".join(TASKS), "--include_path", str(tasks_dir),
         "--output_path", str(out), "--log_samples", "--verbosity", "WARNING",
     ]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+    return subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=300, env=env)
 
 
 def logged_samples(out: Path, task: str) -> list[dict]:
@@ -230,7 +232,9 @@ def test_lmms_backend_scores_and_rounds_in_process(tiny_llava_dir):
     doc = {"image": Image.new("RGB", (32, 32), COLOURS["red"]), "question": "What colour?"}
     backend.task_dict = {"t": {"test": [doc]}}
     meta = {"task": "t", "doc_id": 0, "repeats": 1}
-    visual = lambda d: [d["image"]]  # noqa: E731
+
+    def visual(d: dict) -> list:
+        return [d["image"]]
 
     def ll(continuation: str) -> tuple[float, bool]:
         req = Instance("loglikelihood", ("What colour?", continuation, visual, 0, "t", "test"), 0, metadata=meta)

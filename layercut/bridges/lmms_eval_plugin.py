@@ -22,7 +22,8 @@ Video and audio inputs are not supported.
 
 from __future__ import annotations
 
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 import torch
 from lmms_eval.api.instance import GenerationResult, Instance
@@ -31,28 +32,9 @@ from PIL import Image
 
 from layercut.errors import LayercutError
 
-def _tolerate_filelock_4() -> None:
-    """Let lmms-eval 0.7.3 run beside filelock >= 4.
-
-    Its `simple_evaluate` first patches `filelock._api.FileLockMeta` (a cross-class lock cache
-    against a filelock 3.16+ deadlock check); filelock 4 has no `filelock._api`, so every
-    evaluation died with ModuleNotFoundError (and the CLI still exits 0). The patch targets
-    filelock 3 internals only: with filelock 4 we mark it done, which skips it. This module is
-    imported when `--model layercut` is resolved, before that patch runs.
-    """
-    try:
-        import filelock._api  # noqa: F401
-    except ImportError:
-        from lmms_eval import evaluator
-
-        patch = getattr(evaluator, "_enable_reentrant_filelocks", None)
-        if patch is not None:
-            patch._patched = True
-
-
-_tolerate_filelock_4()
-
 MODEL_ARGS = ("pretrained", "drop", "dtype", "device", "batch_size", "max_new_tokens", "chat_template")
+# lmms-eval backends usually take torch's names for dtypes
+DTYPE_ALIASES = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16", "auto": "fp32"}
 
 
 class LayercutLMMS(lmms):
@@ -84,7 +66,7 @@ class LayercutLMMS(lmms):
                 raise LayercutError("--model_args needs pretrained=FOLDER (a model folder, hub id or built-in name)")
             from layercut import api
 
-            adapter = api.load_model(str(pretrained), str(dtype))
+            adapter = api.load_model(str(pretrained), DTYPE_ALIASES.get(str(dtype), str(dtype)))
             if device is not None or torch.cuda.is_available():
                 adapter.model.to(device or "cuda")
         self.adapter = adapter
@@ -103,7 +85,7 @@ class LayercutLMMS(lmms):
             self.tokenizer.pad_token = self.tokenizer.eos_token or self.tokenizer.unk_token
 
     @classmethod
-    def create_from_arg_string(cls, arg_string: str, additional_config: dict | None = None) -> "LayercutLMMS":
+    def create_from_arg_string(cls, arg_string: str, additional_config: dict | None = None) -> LayercutLMMS:
         """Like lmms-eval's parser, but `drop=3,7,9` keeps its commas (a piece without '=' continues the value)."""
         args: dict[str, str] = {}
         key = None
@@ -237,7 +219,9 @@ class LayercutLMMS(lmms):
             return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True), True
         return context, False
 
-    def _encode(self, prompts: list[tuple[str, list[Image.Image]]], padding_side: str = "left") -> dict[str, torch.Tensor]:
+    def _encode(
+        self, prompts: list[tuple[str, list[Image.Image]]], padding_side: str = "left"
+    ) -> dict[str, torch.Tensor]:
         texts, templated = zip(*(self._render(c, len(im)) for c, im in prompts))
         tok = self.tokenizer
         saved_side = tok.padding_side
@@ -302,14 +286,20 @@ class LayercutLMMS(lmms):
         if n == 0:  # empty context without a template: condition on BOS (or EOS)
             start = self.tokenizer.bos_token_id
             start = self.tokenizer.eos_token_id if start is None else start
-            prefix = self._to_model({"input_ids": torch.tensor([[start]]), "attention_mask": torch.ones(1, 1, dtype=torch.long)})
+            ones = torch.ones(1, 1, dtype=torch.long)
+            prefix = self._to_model({"input_ids": ones * start, "attention_mask": ones})
             n = 1
         cont_ids = torch.tensor([cont], device=self.device)
         inputs = {}
         for k, v in prefix.items():
             if isinstance(v, torch.Tensor) and v.dim() == 2 and v.shape == prefix["input_ids"].shape:
                 # the continuation is text: ids appended, mask 1, image/type ids 0
-                tail = cont_ids if k == "input_ids" else (torch.ones_like(cont_ids) if k == "attention_mask" else torch.zeros_like(cont_ids))
+                if k == "input_ids":
+                    tail = cont_ids
+                elif k == "attention_mask":
+                    tail = torch.ones_like(cont_ids)
+                else:
+                    tail = torch.zeros_like(cont_ids)
                 v = torch.cat([v, tail.to(v.dtype)], dim=1)
             inputs[k] = v
         logits = self.model(**inputs, use_cache=False).logits[0, n - 1 : n - 1 + len(cont)].float()
@@ -418,3 +408,25 @@ def _bool(value: Any, name: str) -> bool:
     if text in ("false", "0", "no"):
         return False
     raise LayercutError(f"{name}={value}: use true or false")
+
+
+def _tolerate_filelock_4() -> None:
+    """Let lmms-eval 0.7.3 run beside filelock >= 4.
+
+    Its `simple_evaluate` first patches `filelock._api.FileLockMeta` (a cross-class lock cache
+    against a filelock 3.16+ deadlock check); filelock 4 has no `filelock._api`, so every
+    evaluation died with ModuleNotFoundError (and the CLI still exits 0). The patch targets
+    filelock 3 internals only: with filelock 4 we mark it done, which skips it. This module is
+    imported when `--model layercut` is resolved, before that patch runs.
+    """
+    try:
+        import filelock._api  # noqa: F401
+    except ImportError:
+        from lmms_eval import evaluator
+
+        patch = getattr(evaluator, "_enable_reentrant_filelocks", None)
+        if patch is not None:
+            patch._patched = True
+
+
+_tolerate_filelock_4()
