@@ -23,6 +23,7 @@ logit post-processing in the model's forward (e.g. Gemma's final soft-capping) s
 from __future__ import annotations
 
 import contextlib
+import copy
 import math
 import tempfile
 from dataclasses import dataclass, field
@@ -67,6 +68,7 @@ class Prepared:
     items: list[Item]
     stop: tuple[str, ...] = ()  # generate: stop strings (the task's plus the end of turn)
     shared_prefix: bool = False  # choice: candidates share the context's KV cache
+    prefix_len: int = 0  # generate: tokens every prompt starts with (few-shot), cached once
 
 
 # --- prepare -------------------------------------------------------------------------------
@@ -94,6 +96,9 @@ def prepare(task: TaskSpec | str, adapter: Any, limit: int | None = None, seed: 
     prepared = Prepared(task=spec, items=items)
     if spec.kind == "generate":
         prepared.stop = tuple(s for s in (*spec.until, eot) if s)
+        contexts = [it.context for it in items]
+        n = common_prefix(contexts)
+        prepared.prefix_len = n if _check_prefix(adapter, contexts, n) else 0
     if spec.kind == "choice":
         prepared.shared_prefix = _check_shared(adapter, items[0])
     return prepared
@@ -308,7 +313,7 @@ def _evaluate_generate(adapter: Any, prepared: Prepared, batch_size: int, judge_
                        judge_model: str, details: list | None) -> dict[str, float]:
     spec = prepared.task
     outputs = generate(adapter, [it.context for it in prepared.items], spec.max_new_tokens,
-                       prepared.stop, batch_size)
+                       prepared.stop, batch_size, prefix_len=prepared.prefix_len)
     extractor = extract.EXTRACTORS[spec.extractor]
     hits = 0
     for it, text in zip(prepared.items, outputs):
@@ -346,19 +351,25 @@ def _device(adapter: Any) -> tuple[torch.device, torch.dtype]:
 
 
 def _collate(adapter: Any, seqs: list[torch.Tensor], seq_extra: list[dict], extras: list[dict],
-             left: bool) -> dict[str, torch.Tensor]:
-    """Pad rows of ids (and their aligned tensors) to one batch; stack the other tensors."""
+             left: bool, prefix: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+    """Pad rows of ids (and their aligned tensors) to one batch; stack the other tensors.
+
+    With `prefix`, each row is [prefix | padding | row] (left padding after a shared prefix)."""
     tok = adapter.tokenizer
     pad = getattr(tok, "pad_token_id", None)
     pad = 0 if pad is None else pad  # any id: padding is masked out
-    width = max(len(s) for s in seqs)
+    P = 0 if prefix is None else len(prefix)
+    width = P + max(len(s) for s in seqs)
     B = len(seqs)
     ids = torch.full((B, width), pad, dtype=torch.long)
     mask = torch.zeros((B, width), dtype=torch.long)
+    if prefix is not None:
+        ids[:, :P] = prefix
+        mask[:, :P] = 1
     keys = sorted({k for d in seq_extra for k in d})
     aligned = {k: torch.zeros((B, width), dtype=torch.long) for k in keys}
     for r, s in enumerate(seqs):
-        sl = slice(width - len(s), width) if left else slice(0, len(s))
+        sl = slice(width - len(s), width) if left else slice(P, P + len(s))
         ids[r, sl] = s
         mask[r, sl] = 1
         for k in keys:
@@ -498,27 +509,84 @@ def _check_shared(adapter: Any, item: Item, tol: float = 1e-3) -> bool:
 
 
 def generate(adapter: Any, contexts: list[Context], max_new_tokens: int, stop: Iterable[str],
-             batch_size: int) -> list[str]:
-    """Greedy continuations (decoded, cut at the first stop string), in the order given."""
+             batch_size: int, prefix_len: int = 0) -> list[str]:
+    """Greedy continuations (decoded, cut at the first stop string), in the order given.
+
+    With `prefix_len`, every context starts with the same `prefix_len` tokens (few-shot
+    examples): they are run once and their KV cache is shared by every row, whose own tokens are
+    left-padded after the prefix ([prefix | pad | rest]; positions follow the attention mask)."""
     tok = adapter.tokenizer
     stop = [s for s in stop if s]
+    kwargs: dict[str, Any] = dict(max_new_tokens=max_new_tokens)
+    if stop:
+        kwargs.update(stop_strings=stop, tokenizer=tok)
+    prefix_cache = _prefix_cache(adapter, contexts[0], prefix_len)
     outputs = [""] * len(contexts)
     order = sorted(range(len(contexts)), key=lambda i: -len(contexts[i].ids))
     for start in range(0, len(order), batch_size):
         chunk = order[start:start + batch_size]
-        inputs = _collate(adapter, [contexts[i].ids for i in chunk],
-                          [contexts[i].seq for i in chunk], [contexts[i].extras for i in chunk],
-                          left=True)
-        kwargs: dict[str, Any] = dict(max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
-                                      pad_token_id=tok.pad_token_id)
-        if stop:
-            kwargs.update(stop_strings=stop, tokenizer=tok)
-        with _quiet_generation(adapter.model):
-            out = adapter.model.generate(**inputs, **kwargs)
-        new = out[:, inputs["input_ids"].shape[1]:]
+        width, out = _generate_batch(adapter, [contexts[i] for i in chunk], prefix_len,
+                                     prefix_cache, **kwargs)
         for r, i in enumerate(chunk):
-            outputs[i] = _cut(tok.decode(new[r], skip_special_tokens=True), stop)
+            outputs[i] = _cut(tok.decode(out[r, width:], skip_special_tokens=True), stop)
     return outputs
+
+
+def _prefix_cache(adapter: Any, context: Context, prefix_len: int) -> Any:
+    if not prefix_len:
+        return None
+    inputs = _collate(adapter, [context.ids[:prefix_len]], [{}], [{}], left=True)
+    return adapter.model(**inputs, use_cache=True).cache
+
+
+def _generate_batch(adapter: Any, ctxs: list[Context], prefix_len: int, prefix_cache: Any,
+                    **kwargs: Any) -> tuple[int, Any]:
+    """(prompt width, `generate` output) for one batch, left-padded (after the prefix)."""
+    if prefix_cache is not None:
+        inputs = _collate(adapter, [c.ids[prefix_len:] for c in ctxs], [{}] * len(ctxs),
+                          [{}] * len(ctxs), left=True, prefix=ctxs[0].ids[:prefix_len])
+        cache = copy.deepcopy(prefix_cache)
+        cache.batch_repeat_interleave(len(ctxs))
+        kwargs["cache"] = cache
+    else:
+        inputs = _collate(adapter, [c.ids for c in ctxs], [c.seq for c in ctxs],
+                          [c.extras for c in ctxs], left=True)
+    tok = adapter.tokenizer
+    with _quiet_generation(adapter.model):
+        out = adapter.model.generate(**inputs, do_sample=False, num_beams=1,
+                                     pad_token_id=getattr(tok, "pad_token_id", None), **kwargs)
+    return inputs["input_ids"].shape[1], out
+
+
+def common_prefix(contexts: list[Context], minimum: int = 32) -> int:
+    """Tokens shared by the start of every text-only context (0 when fewer than `minimum`)."""
+    if len(contexts) < 2 or any(c.seq or c.extras for c in contexts):
+        return 0
+    first = contexts[0].ids
+    n = min(len(c.ids) for c in contexts) - 1  # every row keeps at least one token of its own
+    for c in contexts[1:]:
+        same = (c.ids[:n] == first[:n]).long()
+        n = int(same.cumprod(0).sum()) if n > 0 else 0
+    return n if n >= minimum else 0
+
+
+def _check_prefix(adapter: Any, contexts: list[Context], prefix_len: int, tol: float = 1e-3) -> bool:
+    """Whether sharing the prefix cache gives this model's plain greedy logits (a few steps on
+    the first two prompts); any error or mismatch keeps plain rows."""
+    if not prefix_len:
+        return False
+    sample = contexts[:2]
+    kwargs = dict(max_new_tokens=3, output_logits=True, return_dict_in_generate=True)
+    try:
+        with torch.no_grad():
+            cache = _prefix_cache(adapter, sample[0], prefix_len)
+            _, shared = _generate_batch(adapter, sample, prefix_len, cache, **kwargs)
+            _, plain = _generate_batch(adapter, sample, 0, None, **kwargs)
+    except Exception:  # a family whose cache or positions do not allow it
+        return False
+    return len(shared.logits) == len(plain.logits) and all(
+        torch.allclose(x.float(), y.float(), atol=tol, rtol=tol)
+        for x, y in zip(shared.logits, plain.logits))
 
 
 def _cut(text: str, stop: Iterable[str]) -> str:

