@@ -368,11 +368,15 @@ def demo(
     out: Path = typer.Option(Path("runs/demo"), help="Folder for the demo's outputs (replaced)."),
     budget: int = typer.Option(4, help="Layers to drop."),
     n: int = typer.Option(24, help="Calibration samples per domain."),
+    sweep: bool = typer.Option(True, help="Also run a small sweep and write the regime report."),
+    sweep_budgets: str = typer.Option("0:12:2", help="Budgets of the demo sweep."),
+    sweep_limit: int = typer.Option(4, help="Documents per task in the demo sweep."),
 ) -> None:
-    """Score, select and prune the built-in default model, offline, on CPU."""
+    """Score, select and prune the built-in default model, then sweep and report; offline, on CPU."""
     from layercut.demo import run_demo
 
-    run_demo(out, budget=budget, n_per_domain=n, console=out_console, progress=_progress)
+    run_demo(out, budget=budget, n_per_domain=n, console=out_console, progress=_progress,
+             sweep=sweep, sweep_budgets=sweep_budgets, sweep_limit=sweep_limit)
 
 
 def main() -> None:

@@ -31,12 +31,19 @@ def _generate(adapter: Any, prompt: str, new_tokens: int = 24) -> str:
     return tok.decode(out[0, enc["input_ids"].shape[1] :], skip_special_tokens=True).strip()
 
 
+SWEEP_METHODS = ["math", "bi", "block", "last", "uniform", "spacing"]
+SWEEP_TASKS = ["nll-math", "nll-general"]
+
+
 def run_demo(
     out: Path,
     budget: int = 4,
     n_per_domain: int = 24,
     console: Console | None = None,
     progress: Callable[[], Any] | None = None,
+    sweep: bool = True,
+    sweep_budgets: str = "0:12:2",
+    sweep_limit: int = 4,
 ) -> dict[str, Any]:
     """Run the demo into `out` (replaced) and return what it measured."""
     from layercut import api, models, zoo
@@ -94,6 +101,47 @@ def run_demo(
     for p, b, a in zip(PROMPTS, before, after):
         gen.add_row(p.replace("\n", " "), b, a)
     console.print(gen)
+    result = {"scores": scores, "recipe": recipe, "before": before, "after": after}
+    if sweep:
+        result.update(_sweep(out, console, progress, sweep_budgets, sweep_limit))
     total = time.perf_counter() - t0
     console.print(f"done in {total:.0f} s (scoring {t_score:.0f} s); outputs in {out}")
-    return {"scores": scores, "recipe": recipe, "before": before, "after": after, "seconds": total}
+    result["seconds"] = total
+    return result
+
+
+def _sweep(out: Path, console: Console, progress: Callable[[], Any] | None, budgets: str, limit: int) -> dict[str, Any]:
+    """A small methods x budgets sweep on teacher-forced NLL, then the regime report."""
+    from layercut import zoo
+    from layercut.regimes import analyze
+    from layercut.report import write_report
+    from layercut.sweep import SweepSpec, parse_budgets, run_sweep
+
+    t0 = time.perf_counter()
+    spec = SweepSpec(
+        model=zoo.DEFAULT_MODEL, methods=SWEEP_METHODS, budgets=parse_budgets(budgets),
+        tasks=SWEEP_TASKS, scores=str(out / "scores.json"), limit=limit,
+    )
+    console.rule(f"sweep: {len(spec.methods)} methods x {len(spec.budgets)} budgets on {', '.join(spec.tasks)}")
+    if progress is not None:
+        with progress() as bar:
+            task = bar.add_task("sweep", total=None, unit="evaluations")
+            df = run_sweep(spec, out / "sweep", progress=lambda d, t: bar.update(task, completed=d, total=t))
+    else:
+        df = run_sweep(spec, out / "sweep")
+    table = df[df.task == "nll-math"].pivot_table(index="budget", columns="method", values="value")
+    grid = Table(title="nll-math (mean NLL of GSM8K gold solutions; lower is better)")
+    grid.add_column("budget", justify="right")
+    for m in table.columns:
+        grid.add_column(m, justify="right")
+    for k, row in table.iterrows():
+        grid.add_row(str(k), *[f"{v:.2f}" for v in row])
+    console.print(grid)
+    folder = write_report(out / "sweep")
+    analysis = analyze(df)
+    for s in analysis.domain_series():
+        spans = ", ".join(f"{r.name} {r.start}–{r.end}" for r in s.regimes if r.present)
+        console.print(f"regimes on {s.name} ({s.metric}): {spans or 'none found'}")
+    seconds = time.perf_counter() - t0
+    console.print(f"sweep and report in {seconds:.0f} s: {folder / 'report.html'}")
+    return {"sweep": df, "analysis": analysis, "sweep_seconds": seconds}
