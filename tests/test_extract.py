@@ -5,20 +5,25 @@ from __future__ import annotations
 import pytest
 
 from layercut.evaluation.extract import (
-    EXTRACTORS, is_equiv, last_boxed, normalize_math, normalize_number, to_number,
+    EXTRACTORS,
+    is_equiv,
+    last_boxed,
+    normalize_math,
+    normalize_number,
+    to_number,
 )
 
 # (extractor, model or gold text, expected extraction)
 EXTRACT_TABLE = [
     # GSM8K gold solutions (test set, calculator marks removed) and model outputs
-    ("number", "Janet sells 16 - 3 - 4 = 9 duck eggs a day.\nShe makes 9 * 2 = $18 every day at "
-               "the farmer\u2019s market.\n#### 18", "18"),
-    ("number", "It takes 2/2=1 bolt of white fiber\nSo the total amount of fabric is 2+1=3 bolts "
-               "of fabric\n#### 3", "3"),
-    ("number", "The cost of the house and repairs came out to 80,000+50,000=$130,000\nHe increased "
-               "the value of the house by 80,000*1.5=120,000\nSo the new value of the house is "
-               "120,000+80,000=$200,000\nSo he made a profit of 200,000-130,000=$70,000\n#### 70000",
-     "70000"),
+    ("number", ("Janet sells 16 - 3 - 4 = 9 duck eggs a day.\nShe makes 9 * 2 = $18 every day "
+                "at the farmer\u2019s market.\n#### 18"), "18"),
+    ("number", ("It takes 2/2=1 bolt of white fiber\nSo the total amount of fabric is 2+1=3 bolts "
+                "of fabric\n#### 3"), "3"),
+    ("number", ("The cost of the house and repairs came out to 80,000+50,000=$130,000\nHe "
+                "increased the value of the house by 80,000*1.5=120,000\nSo the new value of the "
+                "house is 120,000+80,000=$200,000\nSo he made a profit of 200,000-130,000=$70,000"
+                "\n#### 70000"), "70000"),
     ("number", "So she has $1,234.50 left.\n#### $1,234.50", "1234.5"),
     ("number", "The temperature dropped to -5 degrees.\n#### -5", "-5"),
     ("number", "Each person gets 3/4 of a pizza.\n#### 3/4", "3/4"),

@@ -63,9 +63,13 @@ def test_score_prune_reload_on_the_real_model(default_path, tmp_path):
 
 def test_demo_command_end_to_end(tmp_path):
     exe = Path(sys.executable).parent / "layercut"
-    proc = subprocess.run([str(exe), "demo", "--out", str(tmp_path / "demo"), "--n", "4"],
+    proc = subprocess.run([str(exe), "demo", "--out", str(tmp_path / "demo"), "--n", "4",
+                           "--sweep-budgets", "0,2", "--sweep-limit", "1"],
                           capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "reload check: 0 missing weights, max logit difference 0.0" in proc.stdout
     recipe = json.loads((tmp_path / "demo" / "pruned" / surgery.RECIPE_FILE).read_text())
     assert recipe["method"] == "math" and len(recipe["drop"]) == 4
+    assert "regimes on math" in proc.stdout
+    html = (tmp_path / "demo" / "sweep" / "report" / "report.html").read_text()
+    assert "data:image/png;base64," in html

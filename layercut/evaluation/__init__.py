@@ -15,11 +15,26 @@
 
 from layercut.evaluation.extract import EXTRACTORS, is_equiv
 from layercut.evaluation.runner import (
-    HIGHER_IS_BETTER, Prepared, evaluate, prepare, score_continuations, token_nll,
+    HIGHER_IS_BETTER,
+    Prepared,
+    evaluate,
+    prepare,
+    score_continuations,
+    token_nll,
 )
 from layercut.evaluation.tasks import TASKS, TaskSpec, get_task, load_task
 
 __all__ = [
-    "EXTRACTORS", "HIGHER_IS_BETTER", "Prepared", "TASKS", "TaskSpec", "evaluate", "get_task",
-    "is_equiv", "load_task", "prepare", "score_continuations", "token_nll",
+    "EXTRACTORS",
+    "HIGHER_IS_BETTER",
+    "TASKS",
+    "Prepared",
+    "TaskSpec",
+    "evaluate",
+    "get_task",
+    "is_equiv",
+    "load_task",
+    "prepare",
+    "score_continuations",
+    "token_nll",
 ]

@@ -21,8 +21,8 @@ when both parse as numbers (integers, decimals, a/b, \\frac{a}{b}, negatives).
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from fractions import Fraction
-from typing import Callable
 
 Extractor = Callable[[str], "str | None"]
 EXTRACTORS: dict[str, Extractor] = {}

@@ -7,7 +7,9 @@ the model as it is now, so a sweep can evaluate the same prepared task under man
 
 - generate: greedy, batched with left padding, stopped at `until` (and EOS), cut at the first stop
   string, answer extracted by the task's extractor (or judged by an OpenAI-compatible endpoint),
-  compared with the gold answer -> {"accuracy", "n"}.
+  compared with the gold answer -> {"accuracy", "n"}. Few-shot examples are the same for every
+  prompt: their KV cache is computed once per evaluation and shared (checked once per prepared
+  task against plain generation, as for choice below).
 - choice: the log-likelihood of each full candidate continuation (cloze style), argmax ->
   {"accuracy", "accuracy_norm" (per character of the candidate, lm-eval's acc_norm), "n"}. The
   context is run once per document and its KV cache shared by the candidates, where that gives
@@ -26,9 +28,10 @@ import contextlib
 import copy
 import math
 import tempfile
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -75,7 +78,9 @@ class Prepared:
 
 
 def prepare(task: TaskSpec | str, adapter: Any, limit: int | None = None, seed: int = 0) -> Prepared:
-    """Load `limit` documents (default: the task's), render and encode them once."""
+    """Load `limit` documents (default: the task's), render and encode them once.
+
+    `seed` picks the documents and the few-shot examples; the same seed gives the same ones."""
     spec = get_task(task)
     n = spec.limit if limit is None else limit
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
@@ -198,7 +203,7 @@ def _end_of_turn(adapter: Any) -> str:
             text = owner.apply_chat_template(
                 [{"role": "user", "content": "hi"}, {"role": "assistant", "content": sentinel}],
                 tokenize=False)
-        except Exception:  # templates raise many types on unexpected messages
+        except Exception:  # noqa: BLE001 (templates raise many types on unexpected messages)
             text = ""
         after = text.split(sentinel, 1)[1].split() if sentinel in text else []
         if after:
@@ -500,7 +505,7 @@ def _check_shared(adapter: Any, item: Item, tol: float = 1e-3) -> bool:
     with torch.no_grad():
         try:
             shared = _shared_scores(adapter, item)
-        except Exception:  # unsupported cache/position handling in some family: use plain rows
+        except Exception:  # noqa: BLE001 (a family's cache/positions do not allow it: plain rows)
             return False
         plain = [lp for lp, _ in score_continuations(
             adapter, [(item.context, c) for c in item.continuations], len(item.continuations))]
@@ -517,7 +522,7 @@ def generate(adapter: Any, contexts: list[Context], max_new_tokens: int, stop: I
     left-padded after the prefix ([prefix | pad | rest]; positions follow the attention mask)."""
     tok = adapter.tokenizer
     stop = [s for s in stop if s]
-    kwargs: dict[str, Any] = dict(max_new_tokens=max_new_tokens)
+    kwargs: dict[str, Any] = {"max_new_tokens": max_new_tokens}
     if stop:
         kwargs.update(stop_strings=stop, tokenizer=tok)
     prefix_cache = _prefix_cache(adapter, contexts[0], prefix_len)
@@ -576,13 +581,13 @@ def _check_prefix(adapter: Any, contexts: list[Context], prefix_len: int, tol: f
     if not prefix_len:
         return False
     sample = contexts[:2]
-    kwargs = dict(max_new_tokens=3, output_logits=True, return_dict_in_generate=True)
+    kwargs = {"max_new_tokens": 3, "output_logits": True, "return_dict_in_generate": True}
     try:
         with torch.no_grad():
             cache = _prefix_cache(adapter, sample[0], prefix_len)
             _, shared = _generate_batch(adapter, sample, prefix_len, cache, **kwargs)
             _, plain = _generate_batch(adapter, sample, 0, None, **kwargs)
-    except Exception:  # a family whose cache or positions do not allow it
+    except Exception:  # noqa: BLE001 (a family's cache/positions do not allow it: plain rows)
         return False
     return len(shared.logits) == len(plain.logits) and all(
         torch.allclose(x.float(), y.float(), atol=tol, rtol=tol)

