@@ -23,6 +23,7 @@ import math
 from typing import Any
 
 from layercut.errors import LayercutError
+from layercut.models import ensure_pad_token
 
 
 def run_lm_eval(
@@ -57,9 +58,7 @@ def run_lm_eval(
         raise LayercutError(
             f"model '{adapter.source}' has no tokenizer: lm-eval needs one; save it beside the weights"
         )
-    if tokenizer.pad_token is None:
-        # lm-eval pads batches; padding is masked, so EOS is the usual stand-in.
-        tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
+    ensure_pad_token(tokenizer)
 
     lm = HFLM(
         pretrained=adapter.model,

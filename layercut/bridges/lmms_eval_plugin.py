@@ -31,6 +31,7 @@ from lmms_eval.api.model import lmms
 from PIL import Image
 
 from layercut.errors import LayercutError
+from layercut.models import ensure_pad_token
 
 MODEL_ARGS = ("pretrained", "drop", "dtype", "device", "batch_size", "max_new_tokens", "chat_template")
 # lmms-eval backends usually take torch's names for dtypes
@@ -81,8 +82,7 @@ class LayercutLMMS(lmms):
         self.use_chat_template = _bool(chat_template, "chat_template")
         if self.tokenizer is None:
             raise LayercutError(f"model '{adapter.source}' has no tokenizer: save one beside the weights")
-        if self.tokenizer.pad_token is None:
-            self.tokenizer.pad_token = self.tokenizer.eos_token or self.tokenizer.unk_token
+        ensure_pad_token(self.tokenizer)
 
     @classmethod
     def create_from_arg_string(cls, arg_string: str, additional_config: dict | None = None) -> LayercutLMMS:

@@ -18,6 +18,7 @@ from PIL import Image
 
 from layercut.data import Sample
 from layercut.errors import LayercutError
+from layercut.models import ensure_pad_token
 from layercut.scoring import Batch
 
 
@@ -63,9 +64,7 @@ def _tokenizer(adapter: Any) -> Any:
         raise LayercutError(
             f"model '{adapter.source}' has no tokenizer files: save one beside the weights"
         )
-    if tok.pad_token is None:
-        # Padding is masked out everywhere, so any id will do; EOS is the usual choice.
-        tok.pad_token = tok.eos_token or tok.unk_token
+    ensure_pad_token(tok)
     return tok
 
 
@@ -116,8 +115,7 @@ def _encode_with_images(adapter: Any, samples: list[Sample]) -> dict[str, torch.
             "processor: use a vision-language model or text-only samples"
         )
     tok = proc.tokenizer
-    if tok.pad_token is None:
-        tok.pad_token = tok.eos_token or tok.unk_token
+    ensure_pad_token(tok)
     texts = []
     for s in samples:
         if s.messages is not None:

@@ -40,6 +40,7 @@ from layercut.errors import LayercutError
 from layercut.evaluation import extract
 from layercut.evaluation.sources import load_docs
 from layercut.evaluation.tasks import TaskSpec, get_task
+from layercut.models import ensure_pad_token
 from layercut.scoring import Batch
 
 HIGHER_IS_BETTER: dict[str, bool] = {"accuracy": True, "accuracy_norm": True, "nll": False}
@@ -172,8 +173,7 @@ def _tokenizer(adapter: Any) -> Any:
     tok = adapter.tokenizer
     if tok is None:
         raise LayercutError(f"model '{adapter.source}' has no tokenizer files: save one beside the weights")
-    if tok.pad_token is None:
-        tok.pad_token = tok.eos_token or tok.unk_token
+    ensure_pad_token(tok)
     return tok
 
 

@@ -188,5 +188,12 @@ def load_processor(path: str | Path, family: Family) -> Any:
     return None
 
 
+def ensure_pad_token(tok: Any) -> Any:
+    """Give a tokenizer without one a pad token (EOS): padding is always masked, so any id does."""
+    if tok is not None and tok.pad_token is None:
+        tok.pad_token = tok.eos_token or tok.unk_token
+    return tok
+
+
 def parameter_count(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
