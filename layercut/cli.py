@@ -78,8 +78,8 @@ def score_with_progress(model, calib, **kwargs):
     """`api.score` with a rich progress bar over calibration samples."""
     from layercut import api
 
+    samples = api.calibration(calib)  # a bad file fails before the model loads
     adapter = api.load_model(model, kwargs.pop("dtype", "fp32"))
-    samples = api.calibration(calib)
     with _progress() as bar:
         task = bar.add_task("scoring", total=len(samples), unit="samples")
         scores = api.score(
