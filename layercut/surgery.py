@@ -42,6 +42,7 @@ class Recipe:
     params: dict[str, Any] = field(default_factory=dict)
     scores_file: str | None = None
     scores_sha256: str | None = None
+    source_path: str = ""  # the folder the source was loaded from (differs for zoo names)
     verify: dict[str, Any] = field(default_factory=dict)
     versions: dict[str, str] = field(default_factory=dict)
 
@@ -229,6 +230,7 @@ def prune(
         params=params or {},
         scores_file=str(scores_file) if scores_file else None,
         scores_sha256=sha256(scores_file) if scores_file else None,
+        source_path=getattr(adapter, "path", "") or adapter.source,
         versions=_versions(),
     )
     with atomic_dir(out, overwrite=overwrite) as tmp:
@@ -271,7 +273,7 @@ def mergekit_yaml(recipe: Recipe) -> str:
     for start, end in kept_ranges(recipe.kept):
         lines += [
             "  - sources:",
-            f"      - model: {recipe.source}",
+            f"      - model: {recipe.source_path or recipe.source}",
             f"        layer_range: [{start}, {end}]",
         ]
     lines += ["merge_method: passthrough", "dtype: float32", ""]

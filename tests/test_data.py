@@ -68,7 +68,7 @@ def test_round_trip(tmp_path):
 
 def test_relative_image_paths_resolve_against_the_file_folder(tmp_path, monkeypatch):
     _png(tmp_path / "set" / "imgs" / "x.png")
-    path = _write_lines(tmp_path / "set" / "calib.jsonl",
+    _write_lines(tmp_path / "set" / "calib.jsonl",
                         [{"domain": "math", "text": "t", "image": "imgs/x.png"},
                          {"domain": "math", "text": "t", "images": ["imgs/../imgs/x.png"]},
                          {"domain": "math", "text": "t", "image": None}])

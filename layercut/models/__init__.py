@@ -78,6 +78,7 @@ class Adapter:
     family: Family
     processor: Any = None  # AutoProcessor for VLMs, tokenizer for text models (may be None)
     source: str = ""  # what the user named: folder, hub id or zoo name
+    path: str = ""  # where it was loaded from (a zoo name's cached folder)
 
     @classmethod
     def wrap(cls, model: nn.Module, processor: Any = None, source: str = "") -> "Adapter":
@@ -171,7 +172,7 @@ def load(name: str, dtype: torch.dtype = torch.float32) -> Adapter:
     model = auto_class(family).from_pretrained(path, dtype=dtype)
     model.eval()
     processor = load_processor(path, family)
-    return Adapter(model=model, family=family, processor=processor, source=name)
+    return Adapter(model=model, family=family, processor=processor, source=name, path=str(path))
 
 
 def load_processor(path: str | Path, family: Family) -> Any:
