@@ -30,31 +30,11 @@ import torch
 import transformers
 from torch import nn
 
-FAMILY_IDS: list[str] = [
-    "llama",
-    "mistral",
-    "qwen2",
-    "qwen3",
-    "gemma3_text",
-    "qwen2_vl",
-    "qwen2_5_vl",
-    "qwen3_vl",
-    "llava",
-    "idefics3",
-    "smolvlm",
-    "gemma3",
-    "internvl",
-]
+TEXT_IDS: list[str] = ["llama", "mistral", "qwen2", "qwen3", "gemma3_text"]
 VISION_IDS: list[str] = [
-    "qwen2_vl",
-    "qwen2_5_vl",
-    "qwen3_vl",
-    "llava",
-    "idefics3",
-    "smolvlm",
-    "gemma3",
-    "internvl",
+    "qwen2_vl", "qwen2_5_vl", "qwen3_vl", "llava", "idefics3", "smolvlm", "gemma3", "internvl",
 ]
+FAMILY_IDS: list[str] = TEXT_IDS + VISION_IDS
 QWEN_VL_IDS = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl")
 # Families whose text decoder has sliding-window layers in these tiny models.
 SLIDING_IDS: list[str] = ["mistral", "qwen2", "gemma3_text", "qwen2_vl", "qwen2_5_vl", "gemma3", "internvl"]

@@ -68,13 +68,7 @@ def run_lm_eval(
         batch_size=batch_size,
     )
     task_manager = TaskManager(include_path=include_path, include_defaults=include_defaults)
-    unknown = [t for t in tasks if not task_manager.match_tasks([t])]
-    if unknown:
-        where = f" or in '{include_path}'" if include_path else ""
-        raise LayercutError(
-            f"lm-eval has no task '{unknown[0]}'{where}: check the name (`lm-eval ls tasks`) "
-            "or pass the folder holding its YAML as include_path"
-        )
+    check_tasks(task_manager, tasks, include_path, "lm-eval", "lm-eval ls tasks")
     out = lm_eval.simple_evaluate(
         model=lm,
         tasks=list(tasks),
@@ -87,6 +81,17 @@ def run_lm_eval(
     if out is None:  # non-zero rank of a distributed run
         return {}
     return {task: _plain(metrics) for task, metrics in out["results"].items()}
+
+
+def check_tasks(task_manager: Any, tasks: list[str], include_path: str | None, harness: str, listing: str) -> None:
+    """A one-line error for the first task the harness's task manager does not know."""
+    unknown = [t for t in tasks if not task_manager.match_tasks([t])]
+    if unknown:
+        where = f" or in '{include_path}'" if include_path else ""
+        raise LayercutError(
+            f"{harness} has no task '{unknown[0]}'{where}: check the name (`{listing}`) "
+            "or pass the folder holding its YAML as include_path"
+        )
 
 
 def _plain(metrics: dict[str, Any]) -> dict[str, Any]:

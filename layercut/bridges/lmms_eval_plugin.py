@@ -327,17 +327,11 @@ def run_lmms_eval(
     from lmms_eval import evaluator
     from lmms_eval.tasks import TaskManager
 
-    from layercut.bridges.lm_eval_bridge import _plain
+    from layercut.bridges.lm_eval_bridge import _plain, check_tasks
 
     model = LayercutLMMS(adapter=adapter, batch_size=batch_size)
     task_manager = TaskManager(include_path=include_path, include_defaults=include_defaults)
-    unknown = [t for t in tasks if not task_manager.match_tasks([t])]
-    if unknown:
-        where = f" or in '{include_path}'" if include_path else ""
-        raise LayercutError(
-            f"lmms-eval has no task '{unknown[0]}'{where}: check the name (`lmms-eval tasks list`) "
-            "or pass the folder holding its YAML as include_path"
-        )
+    check_tasks(task_manager, tasks, include_path, "lmms-eval", "lmms-eval tasks list")
     out = evaluator.simple_evaluate(
         model=model, tasks=list(tasks), task_manager=task_manager, limit=limit, log_samples=False, **options
     )
