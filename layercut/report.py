@@ -35,6 +35,7 @@ from layercut.errors import LayercutError
 from layercut.io import atomic_dir
 from layercut.regimes import Analysis, SeriesAnalysis
 from layercut.scoring import LayerScores
+from layercut.selection import select
 
 REPORT_DIR = "report"
 DPI = 110
@@ -429,14 +430,14 @@ def _plot_block_distance(scores: LayerScores, protect: list[int], folder: Path) 
     from matplotlib.figure import Figure as MplFigure
 
     L = scores.num_layers
-    panels = [(n, d) for n, d in scores.domains.items() if d.block_samples]
+    panels = [(n, n, d) for n, d in scores.domains.items() if d.block_samples]
     if len(panels) > 1:
-        panels = [("all domains pooled (what method block uses)", scores.combined())] + panels
+        panels = [("all domains pooled (what method block uses)", None, scores.combined())] + panels
     fig = MplFigure(figsize=(4.6 * len(panels) + 0.8, 4.4), layout="constrained")
     axes = np.atleast_1d(fig.subplots(1, len(panels)))
-    vmax = max(max(max(row) for row in d.block_distance if row) for _, d in panels)
+    vmax = max(max(max(row) for row in d.block_distance if row) for _, _, d in panels)
     image = None
-    for ax, (name, d) in zip(axes, panels):
+    for ax, (name, domain, d) in zip(axes, panels):
         grid = np.full((L, L), np.nan)
         for l, row in enumerate(d.block_distance):
             grid[l, : len(row)] = row
@@ -444,9 +445,11 @@ def _plot_block_distance(scores: LayerScores, protect: list[int], folder: Path) 
                           extent=(0.5, L + 0.5, L - 0.5, -0.5), interpolation="nearest")
         picks = []
         for n in range(1, L):
-            starts = [l for l in range(L - n + 1) if not set(protect) & set(range(l, l + n))]
-            if starts:
-                picks.append((n, min(starts, key=lambda l: (d.block_distance[l][n - 1], l))))
+            try:  # the very selection `block` makes, so the circles can never disagree with it
+                sel = select(scores, "block", n, protect=protect, domain=domain)
+            except LayercutError:  # no room for n contiguous unprotected layers
+                continue
+            picks.append((n, sel.params["start"]))
         if picks:
             ax.scatter([n for n, _ in picks], [l for _, l in picks], s=14, facecolors="none", edgecolors="white",
                        linewidths=1.0, label="block chosen by method block")
