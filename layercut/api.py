@@ -11,6 +11,8 @@ Models are a folder, a hub id or a zoo name; calibration sets a JSONL path, a li
 
 from __future__ import annotations
 
+import atexit
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any, Callable, Iterable
@@ -51,7 +53,11 @@ def calibration(calib: str | Path | list[Sample], seed: int = 0) -> list[Sample]
             n = int(parts[2]) if len(parts) > 2 else 32
         except ValueError:
             raise LayercutError(f"'{calib}': the count after the kind must be a whole number") from None
-        image_dir = Path(tempfile.mkdtemp(prefix="layercut-calib-")) if kind != "text" else None
+        image_dir = None
+        if kind != "text":
+            # The rendered images must outlive this call (they are encoded later); gone at exit.
+            image_dir = Path(tempfile.mkdtemp(prefix="layercut-calib-"))
+            atexit.register(shutil.rmtree, image_dir, ignore_errors=True)
         return builtin.build_samples(kind=kind, n_per_domain=n, seed=seed, split="calib", image_dir=image_dir)
     return load_calib(calib)
 
