@@ -246,11 +246,9 @@ def _cosine(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tenso
 class _Recorder:
     """Forward hooks that fold each layer's (input, output) into the current domain's sums."""
 
-    def __init__(self, layers: torch.nn.ModuleList, scope: str, block_tokens: str) -> None:
+    def __init__(self, layers: torch.nn.ModuleList) -> None:
         self.layers = layers
         self.L = len(layers)
-        self.scope = scope
-        self.block_tokens = block_tokens
         self.domains: dict[str, _Domain] = {}
         self.acc: _Domain | None = None
         self.mask: torch.Tensor | None = None  # [B, T] in-scope tokens
@@ -348,7 +346,7 @@ def score(
             f"unknown block-token choice '{block_tokens}': use one of {', '.join(BLOCK_TOKENS)}"
         )
     model = adapter.model
-    rec = _Recorder(adapter.layers, scope, block_tokens)
+    rec = _Recorder(adapter.layers)
     try:
         for batch in batches:
             inputs = adapter.complete_inputs(batch.inputs)
