@@ -11,6 +11,13 @@ resumes with `resume=True`: finished lines are kept, a torn last line is dropped
 evaluated twice. `executor="ray"` spreads (drop set, task) units over Ray actors that each load
 the model once.
 
+Teacher-forced tasks (nll, choice) go through `engine.SharedWork` by default (`engine="trie"`): the
+distinct drop sets of a task are ordered as a trie over their kept-layer sequences, each shared
+prefix of layers is computed once (within `cache_mem` bytes of stored hidden states), and the LM
+head runs only at scored positions. `engine="prefix"` only reuses the unpruned model's layers up to
+each set's first dropped layer; `engine="plain"` runs every set as a full layer-skip view (as
+generative tasks always do). All three give the same numbers.
+
 `hybrid` needs the budget where spacing takes over: unless given, the sweep first runs the other
 methods, finds the structure-dominated regime in their results (`regimes.hybrid_threshold`), and
 then plans the hybrid cells.
@@ -23,7 +30,7 @@ import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Iterator
 
 import pandas as pd
 
@@ -52,6 +59,8 @@ class SweepSpec:
     seed: int = 0
     batch_size: int = 8
     options: dict[str, Any] = field(default_factory=dict)  # alpha, min_gap, domain, hybrid_threshold
+    engine: str = "trie"  # teacher-forced tasks: trie | prefix | plain (see engine.py)
+    cache_mem: str | None = None  # bound on stored hidden states (e.g. "2GiB"); default half of free RAM
     num_layers: int = 0  # filled when planned
     protected: list[int] = field(default_factory=list)  # resolved protected layers, filled when planned
 
@@ -195,16 +204,43 @@ class ResultsLog:
 # --------------------------------------------------------------------------- executors
 
 
-class _Worker:
-    """Holds one loaded model and its prepared tasks; evaluates units under layer-skip views."""
+ENGINES = ("trie", "prefix", "plain")
 
-    def __init__(self, model: Any, tasks: list[str], limit: int | None, seed: int, batch_size: int) -> None:
+
+class _Worker:
+    """Holds one loaded model and its prepared tasks; evaluates units of work on it."""
+
+    def __init__(self, spec: SweepSpec) -> None:
         from layercut import api
         from layercut.evaluation import prepare
 
-        self.adapter = api.load_model(model)
-        self.batch_size = batch_size
-        self.prepared = {t: prepare(t, self.adapter, limit=limit, seed=seed) for t in tasks}
+        self.adapter = api.load_model(spec.model)
+        self.spec = spec
+        self.prepared = {t: prepare(t, self.adapter, limit=spec.limit, seed=spec.seed) for t in spec.tasks}
+        self.shared: dict[str, Any] = {}  # task -> engine.SharedWork, made on first use
+
+    def run_many(self, units: list[Unit]) -> Iterator[tuple[Unit, dict[str, float], float]]:
+        """Results as they finish: teacher-forced tasks through the shared-work engine (all of a
+        task's units at once), the others one layer-skip view per unit."""
+        from layercut import engine
+
+        by_task: dict[str, list[Unit]] = {}
+        for unit in units:
+            by_task.setdefault(unit.task, []).append(unit)
+        for task, group in by_task.items():
+            prepared = self.prepared[task]
+            if self.spec.engine == "plain" or not engine.supports(prepared):
+                for unit in group:
+                    yield self.run(unit)
+                continue
+            if task not in self.shared:
+                self.shared[task] = engine.SharedWork(self.adapter, prepared, self.spec.batch_size,
+                                                      self.spec.cache_mem, mode=self.spec.engine)
+            for drop, metrics, seconds in self.shared[task].run([u.drop for u in group]):
+                yield Unit(drop, task), metrics, seconds
+
+    def run_list(self, units: list[Unit]) -> list[tuple[Unit, dict[str, float], float]]:
+        return list(self.run_many(units))
 
     def run(self, unit: Unit) -> tuple[Unit, dict[str, float], float]:
         from layercut import surgery
@@ -212,13 +248,28 @@ class _Worker:
 
         t0 = time.perf_counter()
         with surgery.skipped(self.adapter, unit.drop):
-            metrics = evaluate(self.adapter, self.prepared[unit.task], batch_size=self.batch_size)
+            metrics = evaluate(self.adapter, self.prepared[unit.task], batch_size=self.spec.batch_size)
         return unit, {k: float(v) for k, v in metrics.items()}, time.perf_counter() - t0
 
 
 def _run_local(worker: _Worker, units: list[Unit], on_result: Callable) -> None:
-    for unit in units:
-        on_result(*worker.run(unit))
+    for result in worker.run_many(units):
+        on_result(*result)
+
+
+def _chunks(units: list[Unit], n: int) -> list[list[Unit]]:
+    """Units cut into about 4n pieces for n workers, each piece one task's run of neighbouring
+    kept-layer sequences (trie order), so that a piece still shares its prefixes."""
+    L = max((max(u.drop) for u in units if u.drop), default=0) + 1
+    ordered = sorted(units, key=lambda u: (u.task, tuple(i for i in range(L) if i not in u.drop)))
+    size = max(1, -(-len(ordered) // (4 * n)))
+    pieces: list[list[Unit]] = []
+    for unit in ordered:
+        if pieces and len(pieces[-1]) < size and pieces[-1][0].task == unit.task:
+            pieces[-1].append(unit)
+        else:
+            pieces.append([unit])
+    return pieces
 
 
 def _run_ray(spec: SweepSpec, units: list[Unit], on_result: Callable, workers: int | None) -> None:
@@ -231,18 +282,19 @@ def _run_ray(spec: SweepSpec, units: list[Unit], on_result: Callable, workers: i
                  log_to_driver=False, num_cpus=workers)
     n = workers or max(1, int(ray.available_resources().get("CPU", 1)))
     actor = ray.remote(num_cpus=1)(_Worker)
-    pool = [actor.remote(spec.model, spec.tasks, spec.limit, spec.seed, spec.batch_size) for _ in range(n)]
+    pool = [actor.remote(spec) for _ in range(n)]
     pending = {}
-    queue = list(units)
+    queue = _chunks(units, n)
     for a in pool:
         if queue:
-            pending[a.run.remote(queue.pop(0))] = a
+            pending[a.run_list.remote(queue.pop(0))] = a
     while pending:
         done, _ = ray.wait(list(pending), num_returns=1)
         a = pending.pop(done[0])
-        on_result(*ray.get(done[0]))
+        for result in ray.get(done[0]):
+            on_result(*result)
         if queue:
-            pending[a.run.remote(queue.pop(0))] = a
+            pending[a.run_list.remote(queue.pop(0))] = a
 
 
 # --------------------------------------------------------------------------- the sweep
@@ -273,11 +325,18 @@ def run_sweep(
         saved = SweepSpec.load(out / SPEC_FILE)
         if (saved.methods, saved.budgets, saved.tasks, saved.model) != (spec.methods, spec.budgets, spec.tasks, spec.model):
             raise LayercutError(f"'{out}' holds a different sweep: resume with the same model, methods, budgets and tasks")
+        saved.engine, saved.cache_mem = spec.engine, spec.cache_mem  # how, not what: may change
         spec = saved
     domains = {t: get_task(t).domain for t in spec.tasks}
 
     scores = LayerScores.load(spec.scores) if spec.scores else None
-    worker = _Worker(spec.model, spec.tasks, spec.limit, spec.seed, spec.batch_size) if executor == "local" else None
+    if spec.engine not in ENGINES:
+        raise LayercutError(f"unknown engine '{spec.engine}': use {', '.join(ENGINES)}")
+    if spec.cache_mem is not None:
+        from layercut.engine import parse_mem
+
+        parse_mem(spec.cache_mem)  # a bad size fails now, not after the model loads
+    worker = _Worker(spec) if executor == "local" else None
     adapter = worker.adapter if worker else api.load_model(spec.model)
     spec.num_layers = adapter.num_layers
     spec.protected = sorted(api.protect_set(spec.num_layers, spec.protect, adapter.protected_layers()))

@@ -279,28 +279,41 @@ def evaluate(adapter: Any, prepared: Prepared, batch_size: int = 8, *,
     return _evaluate_generate(adapter, prepared, batch_size, judge_url, judge_model, details)
 
 
+def teacher_rows(prepared: Prepared) -> list[tuple[Context, torch.Tensor]]:
+    """The (context, continuation) rows a teacher-forced task scores: its gold continuation
+    (nll) or every candidate (choice), item after item."""
+    return [(it.context, c) for it in prepared.items for c in it.continuations]
+
+
+def teacher_metrics(prepared: Prepared, scored: list[tuple[float, int]],
+                    details: list | None = None) -> dict[str, float]:
+    """A teacher-forced task's metrics from its rows' (sum of log-probabilities, tokens)."""
+    if prepared.task.kind == "nll":
+        total = sum(lp for lp, _ in scored)
+        tokens = sum(n for _, n in scored)
+        if details is not None:
+            details += [{"id": it.id, "nll": -lp / max(n, 1), "tokens": n}
+                        for it, (lp, n) in zip(prepared.items, scored)]
+        return {"nll": -total / max(tokens, 1), "tokens": float(tokens), "n": float(len(scored))}
+    per_item, k = [], 0
+    for it in prepared.items:
+        per_item.append([lp for lp, _ in scored[k:k + len(it.continuations)]])
+        k += len(it.continuations)
+    return _choice_metrics(prepared, per_item, details)
+
+
 def _evaluate_nll(adapter: Any, prepared: Prepared, batch_size: int, details: list | None) -> dict[str, float]:
-    rows = [(it.context, it.continuations[0]) for it in prepared.items]
-    scored = score_continuations(adapter, rows, batch_size)
-    total = sum(lp for lp, _ in scored)
-    tokens = sum(n for _, n in scored)
-    if details is not None:
-        details += [{"id": it.id, "nll": -lp / max(n, 1), "tokens": n}
-                    for it, (lp, n) in zip(prepared.items, scored)]
-    return {"nll": -total / max(tokens, 1), "tokens": float(tokens), "n": float(len(rows))}
+    return teacher_metrics(prepared, score_continuations(adapter, teacher_rows(prepared), batch_size), details)
 
 
 def _evaluate_choice(adapter: Any, prepared: Prepared, batch_size: int,
                      details: list | None) -> dict[str, float]:
-    if prepared.shared_prefix:
-        per_item = [_shared_scores(adapter, it) for it in prepared.items]
-    else:
-        rows = [(it.context, c) for it in prepared.items for c in it.continuations]
-        flat = [lp for lp, _ in score_continuations(adapter, rows, batch_size)]
-        per_item, k = [], 0
-        for it in prepared.items:
-            per_item.append(flat[k:k + len(it.continuations)])
-            k += len(it.continuations)
+    if not prepared.shared_prefix:
+        return teacher_metrics(prepared, score_continuations(adapter, teacher_rows(prepared), batch_size), details)
+    return _choice_metrics(prepared, [_shared_scores(adapter, it) for it in prepared.items], details)
+
+
+def _choice_metrics(prepared: Prepared, per_item: list[list[float]], details: list | None) -> dict[str, float]:
     hits = hits_norm = 0
     for it, lps in zip(prepared.items, per_item):
         pick = max(range(len(lps)), key=lambda i: lps[i])
@@ -429,13 +442,23 @@ def logits_at(adapter: Any, inputs: dict[str, torch.Tensor], rows: torch.Tensor,
     return logits, out
 
 
-def score_continuations(adapter: Any, rows: list[tuple[Context, torch.Tensor]],
-                        batch_size: int) -> list[tuple[float, int]]:
-    """(sum of log-probabilities, tokens scored) of each continuation after its context.
+@dataclass
+class TeacherBatch:
+    """One padded batch of teacher-forced rows and the positions it scores."""
+
+    index: list[int]  # which rows (of the caller's list) the batch holds, in batch order
+    inputs: dict[str, torch.Tensor]
+    rows: torch.Tensor  # scored positions: batch row ...
+    cols: torch.Tensor  # ... and the position that predicts the target
+    targets: torch.Tensor
+
+
+def teacher_batches(adapter: Any, rows: list[tuple[Context, torch.Tensor]],
+                    batch_size: int) -> Iterator[TeacherBatch]:
+    """Rows batched longest first and padded on the right, with their scored positions.
 
     With an empty context the first continuation token has nothing to condition on and is not
     scored."""
-    results: list[tuple[float, int]] = [(0.0, 0)] * len(rows)
     order = sorted(range(len(rows)), key=lambda i: -(len(rows[i][0].ids) + len(rows[i][1])))
     for start in range(0, len(order), batch_size):
         chunk = order[start:start + batch_size]
@@ -450,18 +473,37 @@ def score_continuations(adapter: Any, rows: list[tuple[Context, torch.Tensor]],
                 rr.append(r)
                 cc.append(p - 1)  # predicted from the position before
                 targets.append(int(seqs[-1][p]))
-        if not rr:
-            continue
         inputs = _collate(adapter, seqs, seq_extra, extras, left=False)
-        rr_t, cc_t = torch.tensor(rr), torch.tensor(cc)
-        logits, _ = logits_at(adapter, inputs, rr_t, cc_t, use_cache=False)
-        logp = torch.log_softmax(logits.float(), dim=-1)
-        tgt = torch.tensor(targets, device=logp.device)
-        picked = logp.gather(1, tgt[:, None])[:, 0].double().cpu()
-        sums = torch.zeros(len(chunk), dtype=torch.float64).index_add_(0, rr_t, picked)
-        counts = torch.bincount(rr_t, minlength=len(chunk))
-        for r, i in enumerate(chunk):
-            results[i] = (float(sums[r]), int(counts[r]))
+        device = inputs["input_ids"].device
+        yield TeacherBatch(chunk, inputs, torch.tensor(rr, dtype=torch.long, device=device),
+                           torch.tensor(cc, dtype=torch.long, device=device),
+                           torch.tensor(targets, dtype=torch.long, device=device))
+
+
+def batch_scores(batch: TeacherBatch, logits: torch.Tensor) -> list[tuple[float, int]]:
+    """(sum of log-probabilities, tokens scored) per row of the batch, from the logits [N, V]
+    at its scored positions."""
+    n = len(batch.index)
+    if not len(batch.rows):
+        return [(0.0, 0)] * n
+    logp = torch.log_softmax(logits.float(), dim=-1)
+    picked = logp.gather(1, batch.targets[:, None])[:, 0].double().cpu()
+    rows = batch.rows.cpu()
+    sums = torch.zeros(n, dtype=torch.float64).index_add_(0, rows, picked)
+    counts = torch.bincount(rows, minlength=n)
+    return [(float(sums[r]), int(counts[r])) for r in range(n)]
+
+
+def score_continuations(adapter: Any, rows: list[tuple[Context, torch.Tensor]],
+                        batch_size: int) -> list[tuple[float, int]]:
+    """(sum of log-probabilities, tokens scored) of each continuation after its context."""
+    results: list[tuple[float, int]] = [(0.0, 0)] * len(rows)
+    for batch in teacher_batches(adapter, rows, batch_size):
+        if not len(batch.rows):
+            continue
+        logits, _ = logits_at(adapter, batch.inputs, batch.rows, batch.cols, use_cache=False)
+        for i, res in zip(batch.index, batch_scores(batch, logits)):
+            results[i] = res
     return results
 
 

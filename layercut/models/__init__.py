@@ -121,6 +121,13 @@ class Adapter:
             return torch.zeros_like(input_ids, dtype=torch.bool)
         return input_ids == tok
 
+    def head(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Logits from the last decoder layer's output, as the model's own forward makes them:
+        the decoder's final norm, the LM head, then soft-capping where the config asks for it."""
+        logits = self.model.get_output_embeddings()(self.decoder.norm(hidden))
+        cap = getattr(self.text_config, "final_logit_softcapping", None)
+        return torch.tanh(logits / cap) * cap if cap else logits
+
     def complete_inputs(self, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Add the image/text type ids a family needs when the caller did not build them."""
         name = self.family.type_ids_input

@@ -1,0 +1,232 @@
+"""Many drop sets on one teacher-forced task, at the cost of their distinct work.
+
+A configuration that drops set D runs the kept layers K = (0..L-1) minus D in order. Two
+configurations whose kept sequences start alike compute the same hidden states up to where they
+part; in particular every configuration equals the unpruned model up to its first dropped layer.
+So the kept sequences are sorted into a trie order (lexicographic), and the hidden states at each
+branch point of the trie, i.e. after the longest prefix a configuration shares with the next one,
+are kept while later configurations need them. A configuration starts from the deepest stored
+state on its path and runs only the layers after it; the LM head is applied only at the scored
+positions. Every layer gets the keyword arguments it received in one unpruned forward pass
+(attention mask, position embeddings, ...: captured per layer, since layer types differ), never
+a KV cache, so the numbers are those of the plain forward of the pruned model.
+
+Memory: stored states (the embedding output, always, and branch points) are bounded by
+`cache_mem` bytes. When a state would pass the limit it is not stored and later configurations
+recompute from a shallower one; results are the same, only slower.
+
+`mode="prefix"` keeps only states on the unpruned path (each configuration runs from its first
+dropped layer): the simpler shortcut, kept for comparison.
+"""
+
+from __future__ import annotations
+
+import itertools
+import re
+import time
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+import torch
+
+from layercut.errors import LayercutError
+
+MODES = ("trie", "prefix")
+DEFAULT_CACHE_FRACTION = 0.5  # of the memory available when the engine starts
+
+
+def parse_mem(text: str | int | None) -> int | None:
+    """'2GiB', '500MB', '0.5' (a fraction of available RAM), bytes as int; None = default."""
+    if text is None or isinstance(text, int):
+        return text
+    m = re.fullmatch(r"\s*([0-9.]+)\s*([kKmMgGtT]?i?[bB]?)\s*", str(text))
+    if not m:
+        raise LayercutError(f"--cache-mem '{text}': use a size like 2GiB or 500MB, or a fraction like 0.25")
+    value, unit = float(m.group(1)), m.group(2).lower().rstrip("b").rstrip("i")
+    if not unit and value <= 1:
+        return int(value * _available())
+    return int(value * 1024 ** " kmgt".index(unit or " "))
+
+
+def _available() -> int:
+    import psutil
+
+    return int(psutil.virtual_memory().available)
+
+
+def supports(prepared: Any) -> bool:
+    """Teacher-forced tasks only: generation keeps the plain layer-skip view."""
+    return prepared.task.kind in ("nll", "choice")
+
+
+class SharedWork:
+    """One prepared teacher-forced task on one model, ready to evaluate many drop sets."""
+
+    def __init__(self, adapter: Any, prepared: Any, batch_size: int = 8,
+                 cache_mem: int | str | None = None, mode: str = "trie") -> None:
+        from layercut.evaluation.runner import teacher_batches, teacher_rows
+
+        if not supports(prepared):
+            raise LayercutError(f"task '{prepared.task.name}' generates text: evaluate it with a layer-skip view")
+        if mode not in MODES:
+            raise LayercutError(f"unknown engine mode '{mode}': use {' or '.join(MODES)}")
+        self.adapter, self.prepared, self.mode = adapter, prepared, mode
+        limit = parse_mem(cache_mem)
+        self.cache_mem = limit if limit is not None else int(DEFAULT_CACHE_FRACTION * _available())
+        self.batches = [b for b in teacher_batches(adapter, teacher_rows(prepared), batch_size)]
+        self.n_rows = sum(len(b.index) for b in self.batches)
+        self.layer_calls = 0  # layer forward passes (per batch) since creation: the work done
+        # Layers every configuration keeps from the start (e.g. where Qwen3-VL's decoder loop adds
+        # deepstack features after a layer): the root state is the input of the first one after.
+        protected = adapter.protected_layers()
+        self.root = tuple(_leading(sorted(protected)))
+        self._calls: list[list[tuple[tuple, dict]]] = []  # per batch, per layer: (args, kwargs)
+        root: list[torch.Tensor] = []
+        with torch.no_grad():
+            for b in self.batches:
+                h, calls = self._capture(b)
+                root.append(h)
+                self._calls.append(calls)
+        self._store: dict[tuple[int, ...], list[torch.Tensor]] = {self.root: root}
+        self._bytes = sum(t.numel() * t.element_size() for t in root)
+
+    # -- one unpruned pass per batch: the root state and every layer's arguments ---------------
+
+    def _capture(self, batch: Any) -> tuple[torch.Tensor, list[tuple[tuple, dict]]]:
+        from layercut.evaluation.runner import logits_at
+
+        layers = self.adapter.layers
+        calls: list[Any] = [None] * len(layers)
+        state: dict[str, torch.Tensor] = {}
+
+        def pre(i: int):
+            def hook(module: Any, args: tuple, kwargs: dict) -> None:
+                hidden = args[0] if args else kwargs["hidden_states"]
+                if i == len(self.root):
+                    state["root"] = hidden
+                calls[i] = (tuple(args[1:]), {k: v for k, v in kwargs.items() if k != "hidden_states"})
+            return hook
+
+        def post(module: Any, args: tuple, kwargs: dict, output: Any) -> None:
+            state["last"] = output[0] if isinstance(output, tuple) else output
+
+        handles = [layer.register_forward_pre_hook(pre(i), with_kwargs=True) for i, layer in enumerate(layers)]
+        handles.append(layers[-1].register_forward_hook(post, with_kwargs=True))
+        try:
+            rows, cols = batch.rows, batch.cols
+            if not len(rows):  # nothing scored: still capture, with one position of logits
+                rows = cols = torch.zeros(1, dtype=torch.long, device=batch.inputs["input_ids"].device)
+            logits, _ = logits_at(self.adapter, batch.inputs, rows, cols, use_cache=False)
+        finally:
+            for h in handles:
+                h.remove()
+        if any(c is None for c in calls) or "root" not in state:
+            raise LayercutError(f"model '{self.adapter.source}' skipped decoder layers in its own forward: "
+                                "evaluate it with --engine plain")
+        # The engine's own tail must give the model's logits, or its numbers would not be the model's.
+        mine = self._head(state["last"], rows, cols)
+        if not torch.allclose(mine.float(), logits.float(), atol=1e-4, rtol=1e-4):
+            raise LayercutError(f"model '{self.adapter.source}': the final norm + LM head do not reproduce "
+                                "its logits; evaluate it with --engine plain")
+        return state["root"], calls
+
+    def _head(self, hidden: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
+        return self.adapter.head(hidden[rows, cols])
+
+    # -- evaluation ---------------------------------------------------------------------------
+
+    def run(self, drops: Iterable[Iterable[int]]) -> Iterator[tuple[tuple[int, ...], dict[str, float], float]]:
+        """(drop set, metrics, seconds) for each distinct drop set, in trie order, as each finishes."""
+        from layercut.evaluation.runner import teacher_metrics
+
+        for drop, scored, seconds in self.row_scores(drops):
+            metrics = teacher_metrics(self.prepared, scored)
+            yield drop, {k: float(v) for k, v in metrics.items()}, seconds
+
+    def row_scores(self, drops: Iterable[Iterable[int]]) -> Iterator[tuple[tuple[int, ...], list[tuple[float, int]], float]]:
+        """(drop set, per-row (sum of log-probabilities, tokens), seconds), as `run` goes."""
+        L = self.adapter.num_layers
+        keep = {tuple(i for i in range(L) if i not in set(d)): tuple(sorted(set(d))) for d in drops}
+        order = sorted(keep)
+        for kept in order:
+            if kept[:len(self.root)] != self.root:
+                raise LayercutError(f"drop set {keep[kept]} removes a layer this model never drops "
+                                    f"({', '.join(map(str, self.root))})")
+        wanted = self._branch_points(order)
+        t0 = time.perf_counter()
+        with torch.no_grad():
+            for n, kept in enumerate(order):
+                scored = self._evaluate(kept, wanted)
+                self._evict(order[n + 1] if n + 1 < len(order) else None)
+                t1 = time.perf_counter()
+                yield keep[kept], scored, t1 - t0
+                t0 = t1
+
+    def _branch_points(self, order: list[tuple[int, ...]]) -> set[tuple[int, ...]]:
+        """Prefixes whose state a later configuration starts from."""
+        if self.mode == "prefix":
+            return {k[:_unpruned_depth(k)] for k in order}
+        points = set()
+        for a, b in itertools.pairwise(order):
+            n = 0
+            while n < min(len(a), len(b)) and a[n] == b[n]:
+                n += 1
+            points.add(a[:n])
+        return points
+
+    def _start(self, kept: tuple[int, ...]) -> int:
+        """Depth of the deepest stored state on this configuration's path."""
+        top = _unpruned_depth(kept) if self.mode == "prefix" else len(kept)
+        for p in range(top, len(self.root), -1):
+            if kept[:p] in self._store:
+                return p
+        return len(self.root)
+
+    def _evaluate(self, kept: tuple[int, ...], wanted: set[tuple[int, ...]]) -> list[tuple[float, int]]:
+        from layercut.evaluation.runner import batch_scores
+
+        p = self._start(kept)
+        hidden = list(self._store[kept[:p]])
+        layers = self.adapter.layers
+        for q in range(p, len(kept)):
+            j = kept[q]
+            for b, h in enumerate(hidden):
+                args, kwargs = self._calls[b][j]
+                out = layers[j](h, *args, **kwargs)
+                hidden[b] = out[0] if isinstance(out, tuple) else out
+            self.layer_calls += len(hidden)
+            prefix = kept[:q + 1]
+            if prefix in wanted and prefix not in self._store:
+                size = sum(t.numel() * t.element_size() for t in hidden)
+                if self._bytes + size <= self.cache_mem:
+                    self._store[prefix] = list(hidden)
+                    self._bytes += size
+        scored: list[tuple[float, int]] = [(0.0, 0)] * self.n_rows
+        for b, h in zip(self.batches, hidden):
+            if not len(b.rows):
+                continue
+            for i, res in zip(b.index, batch_scores(b, self._head(h, b.rows, b.cols))):
+                scored[i] = res
+        return scored
+
+    def _evict(self, following: tuple[int, ...] | None) -> None:
+        """Drop stored states no later configuration can start from (the root always stays):
+        in trie order, a state useless to the next configuration is useless to all later ones."""
+        for prefix in [k for k in self._store if k != self.root and (following is None or following[:len(k)] != k)]:
+            self._bytes -= sum(t.numel() * t.element_size() for t in self._store.pop(prefix))
+
+
+def _leading(indices: list[int]) -> Iterator[int]:
+    """0, 1, 2, ... for as long as `indices` (sorted) has them."""
+    for n, i in enumerate(indices):
+        if i != n:
+            return
+        yield i
+
+
+def _unpruned_depth(kept: tuple[int, ...]) -> int:
+    """How many leading layers a kept sequence shares with the unpruned model (its first drop)."""
+    n = 0
+    while n < len(kept) and kept[n] == n:
+        n += 1
+    return n
