@@ -24,7 +24,7 @@ from __future__ import annotations
 import itertools
 import re
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import torch
@@ -62,24 +62,20 @@ def supports(prepared: Any) -> bool:
 class SharedWork:
     """One prepared teacher-forced task on one model, ready to evaluate many drop sets."""
 
-    def __init__(self, adapter: Any, prepared: Any, batch_size: int = 8,
+    def __init__(self, adapter: Any, batches: list[Any], finish: Callable[[list[tuple[float, int]]], dict],
                  cache_mem: int | str | None = None, mode: str = "trie") -> None:
-        from layercut.evaluation.runner import teacher_batches, teacher_rows
-
-        if not supports(prepared):
-            raise LayercutError(f"task '{prepared.task.name}' generates text: evaluate it with a layer-skip view")
+        """`batches`: `runner.TeacherBatch`es; `finish`: metrics from the per-row (log-prob sum,
+        tokens) of one configuration."""
         if mode not in MODES:
             raise LayercutError(f"unknown engine mode '{mode}': use {' or '.join(MODES)}")
-        self.adapter, self.prepared, self.mode = adapter, prepared, mode
+        self.adapter, self.batches, self.finish, self.mode = adapter, batches, finish, mode
         limit = parse_mem(cache_mem)
         self.cache_mem = limit if limit is not None else int(DEFAULT_CACHE_FRACTION * _available())
-        self.batches = [b for b in teacher_batches(adapter, teacher_rows(prepared), batch_size)]
         self.n_rows = sum(len(b.index) for b in self.batches)
         self.layer_calls = 0  # layer forward passes (per batch) since creation: the work done
         # Layers every configuration keeps from the start (e.g. where Qwen3-VL's decoder loop adds
         # deepstack features after a layer): the root state is the input of the first one after.
-        protected = adapter.protected_layers()
-        self.root = tuple(_leading(sorted(protected)))
+        self.root = tuple(_leading(sorted(adapter.protected_layers())))
         self._calls: list[list[tuple[tuple, dict]]] = []  # per batch, per layer: (args, kwargs)
         root: list[torch.Tensor] = []
         with torch.no_grad():
@@ -89,6 +85,30 @@ class SharedWork:
                 self._calls.append(calls)
         self._store: dict[tuple[int, ...], list[torch.Tensor]] = {self.root: root}
         self._bytes = sum(t.numel() * t.element_size() for t in root)
+
+    @classmethod
+    def for_task(cls, adapter: Any, prepared: Any, batch_size: int = 8,
+                 cache_mem: int | str | None = None, mode: str = "trie") -> "SharedWork":
+        """A prepared teacher-forced task (nll or choice), batched as the plain evaluation does."""
+        from layercut.evaluation.runner import (
+            teacher_batches,
+            teacher_metrics,
+            teacher_rows,
+        )
+
+        if not supports(prepared):
+            raise LayercutError(f"task '{prepared.task.name}' generates text: evaluate it with a layer-skip view")
+        batches = list(teacher_batches(adapter, teacher_rows(prepared), batch_size))
+        return cls(adapter, batches, lambda scored: teacher_metrics(prepared, scored), cache_mem, mode)
+
+    @classmethod
+    def for_calibration(cls, adapter: Any, batches: list[Any], cache_mem: int | str | None = None,
+                        mode: str = "trie") -> "SharedWork":
+        """Calibration batches (`scoring.Batch`): metrics are the mean next-token NLL per domain."""
+        from layercut.evaluation.runner import domain_nll, token_batches
+
+        teacher, domains = token_batches(adapter, batches)
+        return cls(adapter, teacher, lambda scored: domain_nll(scored, domains), cache_mem, mode)
 
     # -- one unpruned pass per batch: the root state and every layer's arguments ---------------
 
@@ -137,10 +157,8 @@ class SharedWork:
 
     def run(self, drops: Iterable[Iterable[int]]) -> Iterator[tuple[tuple[int, ...], dict[str, float], float]]:
         """(drop set, metrics, seconds) for each distinct drop set, in trie order, as each finishes."""
-        from layercut.evaluation.runner import teacher_metrics
-
         for drop, scored, seconds in self.row_scores(drops):
-            metrics = teacher_metrics(self.prepared, scored)
+            metrics = self.finish(scored)
             yield drop, {k: float(v) for k, v in metrics.items()}, seconds
 
     def row_scores(self, drops: Iterable[Iterable[int]]) -> Iterator[tuple[tuple[int, ...], list[tuple[float, int]], float]]:

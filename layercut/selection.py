@@ -13,7 +13,7 @@ import json
 import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 
@@ -83,16 +83,27 @@ def select(
     seed: int = 0,
     loss_fn: Callable[[list[int]], float] | None = None,
     threshold: int | None = None,
+    damage: Sequence[float | None] | None = None,
+    guard: Iterable[int] | None = None,
 ) -> Selection:
     """Choose `budget` layers to drop with `method` (a name in METHODS or a domain in the scores).
 
     `protect` replaces the default {0, L-1}; build it with `default_protect` to add to it.
+    `damage`: single-drop NLL increase per layer (`probe.DamageProfile.damage`), for `damage`.
+    A method name ending in GUARD ('math+guard') also protects the `guard` layers (the probe's
+    flagged critical layers) before choosing.
     Budget 0 is the unpruned baseline: an empty drop for every method, without consulting its own
     inputs (domain, block distances, loss_fn).
     """
-    entry, domain = _resolve(method, domain, scores)
+    base = method.removesuffix(GUARD)
+    entry, domain = _resolve(base, domain, scores)
     L = _num_layers(scores, num_layers)
     protected = default_protect(L) if protect is None else {int(i) for i in protect}
+    if base != method:
+        if guard is None:
+            raise LayercutError(f"method '{method}' needs the critical layers of a probe: run "
+                                "`layercut probe` and pass --probe")
+        protected |= {int(i) for i in guard}
     outside = sorted(i for i in protected if not 0 <= i < L)
     if outside:
         raise LayercutError(f"protect {outside} is out of range for {L} layers: use indices 0..{L - 1}")
@@ -106,7 +117,10 @@ def select(
         )
     if entry.needs_scores and scores is None:
         raise LayercutError(f"method '{method}' needs layer scores: run `layercut score` and pass its scores")
-    request = _Request(scores, budget, L, frozenset(protected), domain, alpha, min_gap, seed, loss_fn, threshold)
+    if damage is not None and len(damage) != L:
+        raise LayercutError(f"the probe is for {len(damage)} layers, not {L}: probe this model")
+    request = _Request(scores, budget, L, frozenset(protected), domain, alpha, min_gap, seed, loss_fn,
+                       threshold, damage)
     drop, params = entry.run(request) if budget else ([], {})
     return Selection(method, budget, drop, L, sorted(protected), params)
 
@@ -130,6 +144,7 @@ class _Request:
     seed: int
     loss_fn: Callable[[list[int]], float] | None
     threshold: int | None = None  # hybrid: first budget that is spacing-constrained
+    damage: Sequence[float | None] | None = None  # damage: single-drop NLL increase per layer
 
     @property
     def candidates(self) -> list[int]:
@@ -286,6 +301,17 @@ def _hybrid(r: _Request) -> tuple[list[int], dict[str, Any]]:
     return drop, {**params, "threshold": r.threshold}
 
 
+def _damage(r: _Request) -> tuple[list[int], dict[str, Any]]:
+    if r.damage is None:
+        raise LayercutError("method 'damage' needs a single-drop damage profile: run `layercut probe` "
+                            "and pass --probe")
+    known = [i for i in r.candidates if r.damage[i] is not None]
+    if len(known) <= r.budget:
+        raise LayercutError(f"the probe measured {len(known)} of the droppable layers, too few for budget "
+                            f"{r.budget}: probe with the same protected layers")
+    return sorted(known, key=lambda i: (r.damage[i], i))[:r.budget], {}
+
+
 METHODS: dict[str, Method] = {
     "domain": Method(_by_domain, "k highest cosine on domain= (or name the domain itself as the method)"),
     NONMATH: Method(_nonmath, "k highest cosine on every domain but math, pooled by token count"),
@@ -301,7 +327,10 @@ METHODS: dict[str, Method] = {
         _iterative, "SLEB-like: k rounds, each dropping the layer that raises loss_fn least", needs_scores=False
     ),
     "hybrid": Method(_hybrid, "domain ranking below threshold=, spacing-constrained from it on (ours)"),
+    "damage": Method(_damage, "k layers whose single-drop calibration NLL rise is smallest (layercut probe)",
+                     needs_scores=False),
 }
+GUARD = "+guard"  # method suffix: protect the probe's critical layers first
 
 
 # ---- helpers --------------------------------------------------------------------------------

@@ -35,9 +35,11 @@ from typing import Any, Callable, Iterable, Iterator
 import pandas as pd
 
 from layercut.errors import LayercutError
+from layercut.selection import GUARD
 
 SPEC_FILE = "sweep.json"
 LOG_FILE = "cells.jsonl"
+PROBE_FILE = "probe.json"
 COLUMNS = [
     "method", "budget", "task", "domain", "metric", "value", "higher_is_better",
     "drop", "n", "seconds", "shared",
@@ -59,6 +61,7 @@ class SweepSpec:
     seed: int = 0
     batch_size: int = 8
     options: dict[str, Any] = field(default_factory=dict)  # alpha, min_gap, domain, hybrid_threshold
+    probe: str | None = None  # probe.json (copied into the sweep folder): for `damage` and NAME+guard
     engine: str = "trie"  # teacher-forced tasks: trie | prefix | plain (see engine.py)
     cache_mem: str | None = None  # bound on stored hidden states (e.g. "2GiB"); default half of free RAM
     num_layers: int = 0  # filled when planned
@@ -111,17 +114,24 @@ def plan_selections(
     methods = list(spec.methods if methods is None else methods)
     protect = set(spec.protected)
     options = {k: v for k, v in spec.options.items() if k in ("alpha", "min_gap", "domain")}
+    if spec.probe:
+        from layercut.probe import DamageProfile
+
+        profile = DamageProfile.load(spec.probe)
+        options.update(damage=profile.damage(options.get("domain") or "all"), guard=profile.flagged)
     picks: dict[tuple[str, int], list[int]] = {}
     for method in methods:
-        if method == "iterative":
+        base = method.removesuffix(selection.GUARD)
+        if base == "iterative":
             # Greedy and deterministic: the budget-k choice is the first k of the largest run.
             loss_fn = api.calibration_loss_fn(adapter, api.calibration(spec.calib))
             top = max(spec.budgets)
-            sel = selection.select(scores, method, top, num_layers=spec.num_layers, protect=protect, loss_fn=loss_fn)
+            sel = selection.select(scores, method, top, num_layers=spec.num_layers, protect=protect,
+                                   loss_fn=loss_fn, guard=options.get("guard"))
             for k in spec.budgets:
                 picks[(method, k)] = sel.drop[:k]
             continue
-        extra = {"threshold": spec.options.get("hybrid_threshold")} if method == "hybrid" else {}
+        extra = {"threshold": spec.options.get("hybrid_threshold")} if base == "hybrid" else {}
         for k in spec.budgets:
             sel = selection.select(
                 scores, method, k, num_layers=spec.num_layers, protect=protect, seed=spec.seed,
@@ -234,7 +244,7 @@ class _Worker:
                     yield self.run(unit)
                 continue
             if task not in self.shared:
-                self.shared[task] = engine.SharedWork(self.adapter, prepared, self.spec.batch_size,
+                self.shared[task] = engine.SharedWork.for_task(self.adapter, prepared, self.spec.batch_size,
                                                       self.spec.cache_mem, mode=self.spec.engine)
             for drop, metrics, seconds in self.shared[task].run([u.drop for u in group]):
                 yield Unit(drop, task), metrics, seconds
@@ -347,17 +357,17 @@ def run_sweep(
 
     out.mkdir(parents=True, exist_ok=True)
     if not resume:
-        spec.save(out / SPEC_FILE)
         if scores is not None:
             scores.save(out / "scores.json")
+        _probe_into(spec, out, adapter)
+        spec.save(out / SPEC_FILE)
     log = ResultsLog(out, domains)
 
-    phases = [[m for m in spec.methods if m != "hybrid"]]
-    if "hybrid" in spec.methods:
-        phases.append(["hybrid"])
+    hybrid = [m for m in spec.methods if m.removesuffix(GUARD) == "hybrid"]
+    phases = [[m for m in spec.methods if m not in hybrid]] + ([hybrid] if hybrid else [])
     picks: dict[tuple[str, int], list[int]] = {}
     for methods in phases:
-        if methods == ["hybrid"] and spec.options.get("hybrid_threshold") is None:
+        if methods == hybrid and spec.options.get("hybrid_threshold") is None:
             found = _threshold_from(log.table(picks, spec.tasks))
             # No structure-dominated regime in range: hybrid stays a pure ranking method.
             spec.options["hybrid_threshold"] = found if found is not None else max(spec.budgets) + 1
@@ -385,6 +395,26 @@ def run_sweep(
         else:
             _run_ray(spec, todo, on_result, workers)
     return log.write_tables(picks, spec.tasks)
+
+
+def _probe_into(spec: SweepSpec, out: Path, adapter: Any) -> None:
+    """Put the damage profile the methods need into the sweep folder (probing now if none is
+    given) and point the spec at it; the report draws it from there."""
+    from layercut.probe import DamageProfile
+
+    needs = any(m.endswith(GUARD) or m == "damage" for m in spec.methods)
+    if spec.probe:
+        DamageProfile.load(spec.probe).save(out / PROBE_FILE)
+    elif needs:
+        if not spec.calib:
+            raise LayercutError("methods 'damage' and NAME+guard need a probe: pass --probe probe.json "
+                                "(from `layercut probe`) or --calib to probe now")
+        from layercut import api
+
+        api.probe(adapter, spec.calib, cache_mem=spec.cache_mem).save(out / PROBE_FILE)
+    else:
+        return
+    spec.probe = str(out / PROBE_FILE)
 
 
 def _threshold_from(results: pd.DataFrame) -> int | None:

@@ -68,7 +68,7 @@ def test_trie_and_prefix_equal_the_plain_forward_on_every_family(family_id):
     plain = {d: plain_scores(adapter, prepared, d) for d in drops}
     assert len({tuple(lp for lp, _ in s) for s in plain.values()}) == len(drops), "every set differs"
     for mode in engine.MODES:
-        work = engine.SharedWork(adapter, prepared, batch_size=2, mode=mode)
+        work = engine.SharedWork.for_task(adapter, prepared, batch_size=2, mode=mode)
         seen = set()
         for drop, scored, _ in work.row_scores(drops):
             assert_close(scored, plain[drop])
@@ -85,7 +85,7 @@ def test_trie_does_less_work_than_prefix_and_duplicates_are_done_once():
     drops = drop_sets(adapter, most=3)
     calls = {}
     for mode in engine.MODES:
-        work = engine.SharedWork(adapter, prepared, batch_size=2, mode=mode)
+        work = engine.SharedWork.for_task(adapter, prepared, batch_size=2, mode=mode)
         out = list(work.run(drops + drops[:5]))
         assert len(out) == len(drops)
         calls[mode] = work.layer_calls
@@ -97,11 +97,11 @@ def test_cache_limit_is_honoured_and_changes_nothing_but_the_work():
     adapter = Adapter.wrap(tiny.model)
     prepared = tiny_task(tiny)
     drops = drop_sets(adapter, most=3)
-    roomy = engine.SharedWork(adapter, prepared, batch_size=2)
+    roomy = engine.SharedWork.for_task(adapter, prepared, batch_size=2)
     ref = {d: s for d, s, _ in roomy.row_scores(drops)}
     root = roomy._bytes
     one_state = root  # every stored state has the root's size
-    tight = engine.SharedWork(adapter, prepared, batch_size=2, cache_mem=root + one_state)
+    tight = engine.SharedWork.for_task(adapter, prepared, batch_size=2, cache_mem=root + one_state)
     peak = 0
     for drop, scored, _ in tight.row_scores(drops):
         peak = max(peak, tight._bytes)
@@ -116,7 +116,7 @@ def test_generative_tasks_and_bad_sizes_are_refused():
     prepared = tiny_task(tiny)
     prepared.task = TaskSpec(name="g", kind="generate", source="x")
     with pytest.raises(LayercutError, match="layer-skip"):
-        engine.SharedWork(adapter, prepared)
+        engine.SharedWork.for_task(adapter, prepared)
     with pytest.raises(LayercutError, match="cache-mem"):
         engine.parse_mem("lots")
     assert engine.parse_mem("2GiB") == 2 * 1024**3

@@ -668,25 +668,46 @@ def _quiet_generation(model: Any) -> Iterator[None]:
 # --- token NLL over calibration-style batches (used by the `iterative` selection) -----------
 
 
-@torch.no_grad()
-def token_nll(adapter: Any, batches: Iterable[Batch]) -> dict[str, float]:
-    """Mean next-token negative log-likelihood per domain (and "all"), over real text tokens.
-
-    Padding and image tokens are never targets.
-    """
-    sums: dict[str, float] = {}
-    counts: dict[str, int] = {}
+def token_batches(adapter: Any, batches: Iterable[Batch]) -> tuple[list[TeacherBatch], list[str]]:
+    """Calibration batches as teacher-forced batches: every real text token after the first is a
+    target (padding and image tokens never are); and the domain of each row, in row order."""
+    out, domains = [], []
     for batch in batches:
         inputs = adapter.complete_inputs(batch.inputs)
         ids = inputs["input_ids"]
         attn = inputs.get("attention_mask", torch.ones_like(ids)).bool()
         target_ok = attn[:, 1:] & attn[:, :-1] & ~adapter.image_mask(ids)[:, 1:]
         rows, cols = target_ok.nonzero(as_tuple=True)
-        logits, _ = logits_at(adapter, inputs, rows, cols, use_cache=False)
-        targets = ids[:, 1:][target_ok]
-        nll = F.cross_entropy(logits.float(), targets, reduction="sum")
-        sums[batch.domain] = sums.get(batch.domain, 0.0) + float(nll)
-        counts[batch.domain] = counts.get(batch.domain, 0) + int(target_ok.sum())
+        index = list(range(len(domains), len(domains) + ids.shape[0]))
+        domains += [batch.domain] * ids.shape[0]
+        out.append(TeacherBatch(index, inputs, rows, cols, ids[:, 1:][target_ok]))
+    return out, domains
+
+
+def domain_nll(scored: list[tuple[float, int]], domains: list[str]) -> dict[str, float]:
+    """Mean next-token NLL per domain and over all ("all") from per-row (log-prob sum, tokens)."""
+    sums: dict[str, float] = {}
+    counts: dict[str, int] = {}
+    for (lp, n), d in zip(scored, domains):
+        sums[d] = sums.get(d, 0.0) - lp
+        counts[d] = counts.get(d, 0) + n
     out = {d: sums[d] / max(counts[d], 1) for d in sums}
     out["all"] = sum(sums.values()) / max(sum(counts.values()), 1)
     return out
+
+
+@torch.no_grad()
+def token_nll(adapter: Any, batches: Iterable[Batch]) -> dict[str, float]:
+    """Mean next-token negative log-likelihood per domain (and "all"), over real text tokens.
+
+    Padding and image tokens are never targets.
+    """
+    teacher, domains = token_batches(adapter, batches)
+    scored: list[tuple[float, int]] = [(0.0, 0)] * len(domains)
+    for batch in teacher:
+        if not len(batch.rows):
+            continue
+        logits, _ = logits_at(adapter, batch.inputs, batch.rows, batch.cols, use_cache=False)
+        for i, res in zip(batch.index, batch_scores(batch, logits)):
+            scored[i] = res
+    return domain_nll(scored, domains)

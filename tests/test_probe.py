@@ -1,0 +1,89 @@
+"""Single-drop damage profile, the critical-layer guard, and the `damage` method."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from layercut import selection, surgery
+from layercut.errors import LayercutError
+from layercut.evaluation import token_nll
+from layercut.models import Adapter
+from layercut.probe import DamageProfile, flag, probe
+from layercut.scoring import Batch
+from tests.tiny import BOS, TEXT_HI, TEXT_LO, make_tiny
+
+CRITICAL = 3
+
+
+def critical_model():
+    """A tiny Llama whose layer 3 is as built and whose other
+    layers write residual updates 500x smaller: the model's predictions lean on layer 3."""
+    tiny = make_tiny("llama", num_layers=6, seed=0)
+    with torch.no_grad():
+        for i, layer in enumerate(tiny.model.model.layers):
+            scale = 1.0 if i == CRITICAL else 0.002
+            layer.self_attn.o_proj.weight.mul_(scale)
+            layer.mlp.down_proj.weight.mul_(scale)
+    return Adapter.wrap(tiny.model)
+
+
+def own_text(adapter, domain: str, seed: int) -> Batch:
+    """Text the model itself predicts (greedy), so that changing its predictions costs NLL."""
+    gen = torch.Generator().manual_seed(seed)
+    prompt = torch.cat([torch.full((4, 1), BOS), torch.randint(TEXT_LO, TEXT_HI, (4, 3), generator=gen)], 1)
+    with torch.no_grad():
+        ids = adapter.model.generate(input_ids=prompt, attention_mask=torch.ones_like(prompt),
+                                     max_new_tokens=20, do_sample=False)
+    return Batch(domain=domain, inputs={"input_ids": ids, "attention_mask": torch.ones_like(ids)}, samples=4)
+
+
+def test_probe_flags_exactly_the_layer_made_critical():
+    adapter = critical_model()
+    batches = [own_text(adapter, "math", 1), own_text(adapter, "general", 2)]
+    profile = probe(adapter, batches, protect=set())
+    assert profile.flagged == [CRITICAL], profile.damage("all")
+    # the engine's numbers are those of a plain forward of the pruned model
+    for i in (0, CRITICAL, 5):
+        with surgery.skipped(adapter, [i]):
+            plain = token_nll(adapter, batches)
+        for d in ("math", "general", "all"):
+            assert profile.nll[d][i] == pytest.approx(plain[d], rel=1e-5, abs=1e-5)
+    assert profile.baseline["all"] == pytest.approx(token_nll(adapter, batches)["all"], rel=1e-5)
+
+
+def test_flag_rule_on_known_values():
+    assert flag([0.1, 0.12, 0.11, 0.09, 2.0, None]) == [4]
+    assert flag([0.1, 0.1, 0.1]) == []  # no spread, no outlier
+    assert flag([-5.0, 0.1, 0.11, 0.1, 0.12]) == [], "an improvement is never critical"
+    assert flag([None, 3.0]) == []  # too few probed layers to call anything an outlier
+
+
+def test_damage_method_and_guard():
+    damage = [None, 0.5, 0.1, 3.0, 0.2, 0.05, 0.3, None]
+    sel = selection.select(None, "damage", 3, num_layers=8, damage=damage)
+    assert sel.drop == [5, 2, 4]
+    # the guard protects flagged layers first, for any method
+    plain = selection.select(None, "uniform", 2, num_layers=8)
+    critical = plain.drop[0]
+    guarded = selection.select(None, "uniform+guard", 2, num_layers=8, guard=[critical])
+    assert critical not in guarded.drop and len(guarded.drop) == 2
+    assert guarded.method == "uniform+guard" and critical in guarded.protect
+    with pytest.raises(LayercutError, match="layercut probe"):
+        selection.select(None, "damage", 2, num_layers=8)
+    with pytest.raises(LayercutError, match="probe"):
+        selection.select(None, "uniform+guard", 2, num_layers=8)
+
+
+def test_profile_roundtrip_and_bad_file(tmp_path):
+    p = DamageProfile(model="m", num_layers=3, baseline={"all": 1.0}, nll={"all": [None, 1.5, 1.2]}, flagged=[1])
+    p.save(tmp_path / "probe.json")
+    q = DamageProfile.load(tmp_path / "probe.json")
+    assert q == p and q.damage("all") == [None, 0.5, pytest.approx(0.2)]
+    (tmp_path / "bad.json").write_text(json.dumps({"x": 1}))
+    with pytest.raises(LayercutError, match="layercut probe"):
+        DamageProfile.load(tmp_path / "bad.json")
+    with pytest.raises(LayercutError, match="layercut probe"):
+        DamageProfile.load(tmp_path / "missing.json")
