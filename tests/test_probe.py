@@ -87,3 +87,30 @@ def test_profile_roundtrip_and_bad_file(tmp_path):
         DamageProfile.load(tmp_path / "bad.json")
     with pytest.raises(LayercutError, match="layercut probe"):
         DamageProfile.load(tmp_path / "missing.json")
+
+
+def test_sweep_probes_guards_and_reports(tiny_text_dir, tmp_path):
+    from layercut import api
+    from layercut.report import write_report
+    from layercut.sweep import SweepSpec, run_sweep
+
+    scores = tmp_path / "scores.json"
+    api.score(str(tiny_text_dir), "builtin:text:4", max_length=64).save(scores)
+    spec = SweepSpec(model=str(tiny_text_dir), methods=["math", "math+guard", "uniform+guard", "damage"],
+                     budgets=[0, 1, 2], tasks=["nll-math"], scores=str(scores), limit=3,
+                     calib="builtin:text:4")
+    df = run_sweep(spec, tmp_path / "s")
+    profile = DamageProfile.load(tmp_path / "s" / "probe.json")
+    assert json.loads((tmp_path / "s" / "sweep.json").read_text())["probe"] == str(tmp_path / "s" / "probe.json")
+    damage = profile.damage("all")
+    for row in df.drop_duplicates(["method", "budget"]).itertuples():
+        drop = [int(i) for i in row.drop.split(",") if i]
+        if row.method.endswith("+guard"):
+            assert not set(drop) & set(profile.flagged)
+        if row.method == "damage" and drop:
+            unprotected = [i for i in range(profile.num_layers) if i not in (0, profile.num_layers - 1)]
+            assert sorted(drop) == sorted(sorted(unprotected, key=lambda i: (damage[i], i))[:row.budget])
+    folder = write_report(tmp_path / "s")
+    md = (folder / "report.md").read_text()
+    assert "Critical-layer guard" in md and "math → math+guard" in md
+    assert (folder / "damage.png").is_file()

@@ -73,3 +73,21 @@ def test_demo_command_end_to_end(tmp_path):
     assert "regimes on math" in proc.stdout
     html = (tmp_path / "demo" / "sweep" / "report" / "report.html").read_text()
     assert "data:image/png;base64," in html
+
+
+def test_shared_work_engine_equals_plain_views_on_the_real_model(default_path):
+    """A few cells of the default model: trie engine vs full layer-skip views, to 1e-5."""
+    from layercut.engine import SharedWork
+    from layercut.evaluation import evaluate, prepare
+
+    adapter = models.load(default_path)
+    prepared = prepare("nll-math", adapter, limit=2)
+    drops = [(), (5,), (5, 6), (3, 17, 25), (11, 12, 13, 14)]
+    work = SharedWork.for_task(adapter, prepared)
+    got = {drop: metrics for drop, metrics, _ in work.run(drops)}
+    for drop in drops:
+        with surgery.skipped(adapter, drop):
+            plain = evaluate(adapter, prepared)
+        assert got[drop]["tokens"] == plain["tokens"]
+        assert got[drop]["nll"] == pytest.approx(plain["nll"], rel=1e-5, abs=1e-5), drop
+    assert work.layer_calls < sum(30 - len(d) for d in drops)
