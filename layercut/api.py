@@ -27,12 +27,19 @@ from layercut.scoring import LayerScores
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
-def load_model(model: str | models.Adapter, dtype: str = "fp32") -> models.Adapter:
+def load_model(
+    model: str | models.Adapter,
+    dtype: str = "fp32",
+    device_map: str | dict | None = None,
+    offload_folder: str | Path | None = None,
+) -> models.Adapter:
+    """An Adapter passes through; a name loads in `dtype`, optionally through an accelerate
+    device map ("auto", "balanced", a JSON file or a dict; "disk" entries go to `offload_folder`)."""
     if isinstance(model, models.Adapter):
         return model
     if dtype not in DTYPES:
         raise LayercutError(f"unknown dtype '{dtype}': use one of {', '.join(DTYPES)}")
-    return models.load(model, DTYPES[dtype])
+    return models.load(model, DTYPES[dtype], device_map=device_map, offload_folder=offload_folder)
 
 
 def calibration(calib: str | Path | list[Sample], seed: int = 0) -> list[Sample]:
@@ -71,15 +78,22 @@ def score(
     batch_size: int = 8,
     max_length: int = 1024,
     dtype: str = "fp32",
+    device_map: str | dict | None = None,
+    offload_folder: str | Path | None = None,
+    max_tokens_per_batch: int | None = None,
     progress: Callable[[Any], None] | None = None,
 ) -> LayerScores:
-    """Load (if needed), encode the calibration set and run the streaming scoring pass."""
+    """Load (if needed), encode the calibration set and run the streaming scoring pass.
+
+    `max_tokens_per_batch` packs length-sorted samples under a token budget instead of
+    `batch_size` rows per batch."""
     from layercut.data.encode import encode_batches
     from layercut.scoring import score as score_pass
 
-    adapter = load_model(model, dtype)
+    adapter = load_model(model, dtype, device_map, offload_folder)
     samples = calibration(calib)
-    batches = encode_batches(adapter, samples, batch_size=batch_size, max_length=max_length)
+    batches = encode_batches(adapter, samples, batch_size=batch_size, max_length=max_length,
+                             max_tokens=max_tokens_per_batch)
     scores = score_pass(adapter, batches, scope=scope, block_tokens=block_tokens, progress=progress)
     scores.meta.update(
         {
@@ -87,11 +101,36 @@ def score(
             "family_protected": sorted(adapter.protected_layers()),
             "calibration": str(calib) if not isinstance(calib, list) else "in-memory",
             "samples": {d: s.samples for d, s in scores.domains.items()},
-            "dtype": dtype,
+            "dtype": {v: k for k, v in DTYPES.items()}.get(adapter.dtype, str(adapter.dtype)),
             "max_length": max_length,
         }
     )
+    if adapter.device_map:
+        scores.meta["device_map"] = {k: str(v) for k, v in adapter.device_map.items()}
     return scores
+
+
+def probe(
+    model: str | models.Adapter,
+    calib: str | Path | list[Sample],
+    *,
+    protect: str | Iterable[int] | None = "none",
+    batch_size: int = 8,
+    max_length: int = 512,
+    cache_mem: int | str | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> Any:
+    """The single-drop damage profile (`probe.DamageProfile`): each layer outside `protect`
+    (default: every layer the family allows) dropped alone, calibration NLL per domain."""
+    from layercut.data.encode import encode_batches
+    from layercut.probe import probe as probe_pass
+
+    adapter = load_model(model)
+    batches = list(encode_batches(adapter, calibration(calib), batch_size=batch_size, max_length=max_length))
+    never = protect_set(adapter.num_layers, protect, adapter.protected_layers())
+    profile = probe_pass(adapter, batches, never, cache_mem=cache_mem, progress=progress)
+    profile.model = str(model) if not isinstance(model, models.Adapter) else model.source
+    return profile
 
 
 def protect_set(
@@ -139,9 +178,11 @@ def select(
     protect: str | Iterable[int] | None = None,
     model: str | models.Adapter | None = None,
     calib: str | Path | list[Sample] | None = None,
+    probe: Any = None,
     **options: Any,
 ) -> selection.Selection:
-    """Choose `budget` layers to drop. `iterative` also needs `model` and `calib`."""
+    """Choose `budget` layers to drop. `iterative` also needs `model` and `calib`; `damage` and
+    guarded methods ('math+guard') a `probe` (a `probe.DamageProfile` or its JSON file)."""
     if isinstance(scores, (str, Path)):
         scores = LayerScores.load(scores)
     adapter = load_model(model) if model is not None else None
@@ -165,6 +206,12 @@ def select(
         if adapter is None or calib is None:
             raise LayercutError("method 'iterative' re-measures the model: pass --model and --calib")
         loss_fn = calibration_loss_fn(adapter, calibration(calib))
+    if probe is not None:
+        from layercut.probe import DamageProfile
+
+        profile = probe if isinstance(probe, DamageProfile) else DamageProfile.load(probe)
+        options.setdefault("damage", profile.damage(options.get("domain") or "all"))
+        options.setdefault("guard", profile.flagged)
     return selection.select(
         scores,
         method,
@@ -188,21 +235,27 @@ def prune(
     protect: str | Iterable[int] | None = None,
     mergekit: bool = False,
     overwrite: bool = False,
+    dtype: str = "fp32",
+    device_map: str | dict | None = None,
+    offload_folder: str | Path | None = None,
+    max_tokens_per_batch: int | None = None,
     **options: Any,
 ) -> surgery.Recipe:
-    """Score (unless `scores` or `drop` is given), select, drop, save and verify, in one call."""
+    """Score (unless `scores` or `drop` is given), select, drop, save and verify, in one call.
+
+    A model loaded through a device map is pruned where it lies and saved as a normal checkpoint."""
     out = Path(out)
     if out.exists() and not overwrite:
         raise LayercutError(f"output '{out}' already exists: choose another --out or pass --overwrite")
-    adapter = load_model(model)
+    adapter = load_model(model, dtype, device_map, offload_folder)
     scores_file = scores if isinstance(scores, (str, Path)) else None
     params: dict[str, Any] = {}
     if drop is None:
-        entry = selection.METHODS.get(method)
+        entry = selection.METHODS.get(method.removesuffix(selection.GUARD))
         if scores is None and (entry is None or entry.needs_scores):
             if calib is None:
                 raise LayercutError(f"method '{method}' needs layer scores: pass --scores or --calib")
-            scores = score(adapter, calib)
+            scores = score(adapter, calib, max_tokens_per_batch=max_tokens_per_batch)
         sel = select(scores, method, budget, protect=protect, model=adapter, calib=calib, **options)
         drop, params = sel.drop, sel.params
     else:
@@ -218,7 +271,22 @@ def prune(
         budget=budget,
         params=params,
         scores_file=scores_file,
+        calibration=_calibration_name(calib, scores),
         inputs=surgery.probe_inputs(adapter),
         mergekit=mergekit,
         overwrite=overwrite,
     )
+
+
+def _calibration_name(calib: Any, scores: Any) -> str | None:
+    """The calibration set behind a selection, recorded in the recipe (`layercut heal`'s default
+    data): `calib` if it names one, else what the scores file says it was scored on."""
+    name = calib if isinstance(calib, (str, Path)) else None
+    if name is None and isinstance(scores, (str, Path)) and Path(scores).is_file():
+        scores = LayerScores.load(scores)
+    if name is None and isinstance(scores, LayerScores):
+        name = scores.meta.get("calibration")
+    if name is None or name == "in-memory":
+        return None
+    name = str(name)
+    return str(Path(name).absolute()) if Path(name).is_file() else name

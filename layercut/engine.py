@@ -91,6 +91,7 @@ class SharedWork:
                  cache_mem: int | str | None = None, mode: str = "trie") -> "SharedWork":
         """A prepared teacher-forced task (nll or choice), batched as the plain evaluation does."""
         from layercut.evaluation.runner import (
+            packed_batches,
             teacher_batches,
             teacher_metrics,
             teacher_rows,
@@ -98,7 +99,10 @@ class SharedWork:
 
         if not supports(prepared):
             raise LayercutError(f"task '{prepared.task.name}' generates text: evaluate it with a layer-skip view")
-        batches = list(teacher_batches(adapter, teacher_rows(prepared), batch_size))
+        if prepared.task.kind == "choice" and _packing_agrees(adapter, prepared):
+            batches = packed_batches(adapter, prepared, batch_size)
+        else:
+            batches = list(teacher_batches(adapter, teacher_rows(prepared), batch_size))
         return cls(adapter, batches, lambda scored: teacher_metrics(prepared, scored), cache_mem, mode)
 
     @classmethod
@@ -232,6 +236,31 @@ class SharedWork:
         in trie order, a state useless to the next configuration is useless to all later ones."""
         for prefix in [k for k in self._store if k != self.root and (following is None or following[:len(k)] != k)]:
             self._bytes -= sum(t.numel() * t.element_size() for t in self._store.pop(prefix))
+
+
+def _packing_agrees(adapter: Any, prepared: Any, tol: float = 1e-4) -> bool:
+    """Whether packing a choice item's candidates after one context (`runner.packed_batches`)
+    gives this model's plain-row log-likelihoods, checked on the first item with two or more
+    candidates. Families whose position ids the model derives itself (e.g. multimodal RoPE)
+    may not take it: any error or mismatch keeps plain rows."""
+    import math
+
+    from layercut.evaluation.runner import Prepared, batch_scores, logits_at, packed_batches, score_continuations
+
+    item = next((it for it in prepared.items if len(it.continuations) > 1), None)
+    if item is None:
+        return False
+    one = Prepared(task=prepared.task, items=[item])
+    try:
+        with torch.no_grad():
+            (batch,) = packed_batches(adapter, one, 1)
+            logits, _ = logits_at(adapter, batch.inputs, batch.rows, batch.cols, use_cache=False)
+            packed = batch_scores(batch, logits)
+            plain = score_continuations(adapter, [(item.context, c) for c in item.continuations], 1)
+    except Exception:  # noqa: BLE001 (a family that rejects 4-D masks or position ids: plain rows)
+        return False
+    return all(n == m and math.isfinite(a) and abs(a - b) <= tol * max(1.0, abs(b))
+               for (a, n), (b, m) in zip(packed, plain))
 
 
 def _leading(indices: list[int]) -> Iterator[int]:

@@ -7,7 +7,12 @@ plus the Gromov block distance d(l, n) = arccos(cos(x^(l), x^(l+n))) / pi, where
 of layer l and x^(L) the raw output of the last layer, averaged over samples on their last token
 (or over every in-scope token). Sums and counts are kept per layer in float64; hidden states are
 never stored beyond the one batch in flight. Padding never counts; zero-norm tokens are skipped
-and counted, so no NaN reaches the output.
+and counted, so no NaN reaches the output. Tokens whose layer input or output holds inf/NaN (an
+fp16 overflow) are never averaged in: they are counted per layer and domain (`nonfinite`) and
+reported to the user.
+
+On a model dispatched over several devices (accelerate device map, CPU or disk offload), each
+layer's sums live on the device its activations are on, and are gathered once at the end.
 """
 
 from __future__ import annotations
@@ -39,6 +44,8 @@ class DomainScores:
     # block_distance[l][n-1] = d(l, n) for n = 1..L-l (row l has L-l entries)
     block_distance: list[list[float]] = field(default_factory=list)
     block_samples: int = 0
+    # in-scope tokens left out because the layer's input or output held inf/NaN (fp16 overflow)
+    nonfinite: list[int] = field(default_factory=list)
 
     @property
     def num_layers(self) -> int:
@@ -98,7 +105,21 @@ class LayerScores:
             samples=sum(p.samples for p in parts),
             block_distance=block,
             block_samples=bs,
+            nonfinite=[sum(p.nonfinite[i] for p in parts if p.nonfinite) for i in range(L)],
         )
+
+    def nonfinite_report(self) -> list[str]:
+        """One line per domain whose activations held inf/NaN: which layers, from where, how many."""
+        lines = []
+        for name, d in self.domains.items():
+            bad = [i for i, n in enumerate(d.nonfinite) if n]
+            if bad:
+                lines.append(
+                    f"domain '{name}': inf/NaN activations in {len(bad)} layer(s), first at layer "
+                    f"{bad[0]} ({d.nonfinite[bad[0]]} tokens there, {max(d.nonfinite)} at most); "
+                    "those tokens are left out of the scores: score in bf16 or fp32 (--dtype)"
+                )
+        return lines
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -157,6 +178,7 @@ class LayerScores:
                         "angular": d.angular[i],
                         "tokens": d.tokens[i],
                         "zero_norm": d.zero_norm[i],
+                        "nonfinite": d.nonfinite[i] if d.nonfinite else 0,
                     }
                 )
         return pd.DataFrame(rows)
@@ -174,35 +196,66 @@ class Batch:
     inputs: dict[str, torch.Tensor]  # model kwargs; attention_mask marks padding
     samples: int = 0
 
+    @property
+    def tokens(self) -> int:
+        """Real (non-padding) tokens in the batch."""
+        attn = self.inputs.get("attention_mask")
+        return int(attn.sum()) if attn is not None else int(self.inputs["input_ids"].numel())
+
+
+# Per-layer running sums, one small vector per layer: [cos, angular, tokens, zero-norm, non-finite]
+COS, ANG, TOK, ZERO, NONFINITE = range(5)
+
+
+def _acc_dtype(device: torch.device) -> torch.dtype:
+    return torch.float32 if device.type == "mps" else torch.float64  # MPS has no float64
+
 
 class _Domain:
-    """Running sums for one domain (float64, on the layer's device until the end)."""
+    """Running sums for one domain. Each layer's sums are made on the device its activations
+    are on (first use) and stay there; `result` gathers them once."""
 
-    def __init__(self, num_layers: int, device: torch.device) -> None:
+    def __init__(self, num_layers: int) -> None:
         L = num_layers
-        self.cos = torch.zeros(L, dtype=torch.float64, device=device)
-        self.ang = torch.zeros(L, dtype=torch.float64, device=device)
-        self.tokens = torch.zeros(L, dtype=torch.long, device=device)
-        self.zero = torch.zeros(L, dtype=torch.long, device=device)
+        self.L = L
+        self.stats: list[torch.Tensor | None] = [None] * L  # float64 [5] per layer
         # block[l, n-1] sums d(l, n) over units (samples or tokens); block_n counts them per pair
-        self.block = torch.zeros(L, L, dtype=torch.float64, device=device)
-        self.block_n = torch.zeros(L, L, dtype=torch.long, device=device)
+        self.block: torch.Tensor | None = None
+        self.block_n: torch.Tensor | None = None
         self.samples = 0
         self.units = 0
 
+    def layer(self, i: int, device: torch.device) -> torch.Tensor:
+        if self.stats[i] is None:
+            self.stats[i] = torch.zeros(5, dtype=_acc_dtype(device), device=device)
+        return self.stats[i]
+
+    def blocks(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.block is None:
+            self.block = torch.zeros(self.L, self.L, dtype=_acc_dtype(device), device=device)
+            self.block_n = torch.zeros(self.L, self.L, dtype=torch.long, device=device)
+        return self.block, self.block_n
+
     def result(self) -> DomainScores:
-        L = self.cos.shape[0]
-        tokens = self.tokens.cpu()
+        L = self.L
+        stats = torch.stack(
+            [t.cpu().double() if t is not None else torch.zeros(5, dtype=torch.float64) for t in self.stats]
+        )
+        tokens = stats[:, TOK].round().long()
         safe = tokens.clamp(min=1).double()
-        block = (self.block.cpu() / self.block_n.cpu().clamp(min=1)).tolist()
+        if self.block is not None:
+            block = (self.block.cpu().double() / self.block_n.cpu().clamp(min=1)).tolist()
+        else:
+            block = [[0.0] * L for _ in range(L)]
         return DomainScores(
-            cosine=(self.cos.cpu() / safe).tolist(),
-            angular=(self.ang.cpu() / safe).tolist(),
+            cosine=(stats[:, COS] / safe).tolist(),
+            angular=(stats[:, ANG] / safe).tolist(),
             tokens=tokens.tolist(),
-            zero_norm=self.zero.cpu().tolist(),
+            zero_norm=stats[:, ZERO].round().long().tolist(),
             samples=self.samples,
             block_distance=[block[l][: L - l] for l in range(L)],
             block_samples=self.units,
+            nonfinite=stats[:, NONFINITE].round().long().tolist(),
         )
 
 
@@ -261,8 +314,7 @@ class _Recorder:
 
     def start(self, domain: str, mask: torch.Tensor, block_mask: torch.Tensor, samples: int) -> None:
         if domain not in self.domains:
-            device = next(self.layers[0].parameters()).device
-            self.domains[domain] = _Domain(self.L, device)
+            self.domains[domain] = _Domain(self.L)
         self.acc = self.domains[domain]
         self.acc.samples += samples
         self.mask = mask
@@ -287,35 +339,48 @@ class _Recorder:
             )
         mask = self.mask.to(x.device)
         cos, ok = _cosine(x, y)
-        keep = mask & ok
-        c = cos[keep].double()
-        acc.cos[i] += c.sum().to(acc.cos.device)
-        acc.ang[i] += (torch.arccos(c) / math.pi).sum().to(acc.cos.device)
-        acc.tokens[i] += keep.sum().to(acc.tokens.device)
-        acc.zero[i] += (mask & ~ok).sum().to(acc.zero.device)
+        finite = torch.isfinite(x).all(dim=-1) & torch.isfinite(y).all(dim=-1)
+        keep = mask & ok & finite
+        c = cos[keep].double() if x.device.type != "mps" else cos[keep]
+        # One small vector update per layer, on this layer's own device: no sync, no transfer.
+        acc.layer(i, x.device).add_(
+            torch.stack(
+                [
+                    c.sum(),
+                    (torch.arccos(c) / math.pi).sum(),
+                    keep.sum().to(c.dtype),
+                    (mask & ~ok & finite).sum().to(c.dtype),
+                    (mask & ~finite).sum().to(c.dtype),
+                ]
+            )
+        )
         bmask = self.block_mask.to(x.device)
         self.block_inputs[i] = x[bmask].float()
         if i == self.L - 1:
             self.block_inputs[self.L] = y[bmask].float()
-            self._fold_blocks()
+            self._fold_blocks(y.device)
 
-    def _fold_blocks(self) -> None:
-        """d(l, n) for every start l and size n from this batch's block tokens."""
+    def _fold_blocks(self, device: torch.device) -> None:
+        """d(l, n) for every start l and size n from this batch's block tokens (a few vectors per
+        layer, brought to the last layer's device)."""
         acc = self.acc
         assert acc is not None
-        vs = [v.to(acc.block.device) for v in self.block_inputs]  # L+1 tensors [N, H]
-        if any(v is None for v in vs):
+        if any(v is None for v in self.block_inputs):
             raise LayercutError("a decoder layer was skipped during the forward: cannot score blocks")
+        block, block_n = acc.blocks(device)
+        vs = [v.to(device) for v in self.block_inputs]  # L+1 tensors [N, H]
         N = vs[0].shape[0]
         stack = torch.stack(vs)  # [L+1, N, H]
         norms = stack.norm(dim=-1)  # [L+1, N]
+        good = (norms > 0) & torch.isfinite(norms)  # inf/NaN vectors never enter a distance
         unit = stack / norms.clamp(min=torch.finfo(torch.float32).tiny).unsqueeze(-1)
+        unit = torch.where(good.unsqueeze(-1), unit, 0.0)
         for l in range(self.L):
             cos = torch.einsum("nh,mnh->mn", unit[l], unit[l + 1 :]).clamp(-1.0, 1.0)  # [L-l, N]
-            ok = (norms[l] > 0).unsqueeze(0) & (norms[l + 1 :] > 0)
-            d = torch.where(ok, torch.arccos(cos.double()) / math.pi, 0.0)
-            acc.block[l, : self.L - l] += d.sum(dim=1)
-            acc.block_n[l, : self.L - l] += ok.sum(dim=1)
+            ok = good[l].unsqueeze(0) & good[l + 1 :]
+            d = torch.where(ok, torch.arccos(cos.to(block.dtype)) / math.pi, 0.0)
+            block[l, : self.L - l] += d.sum(dim=1)
+            block_n[l, : self.L - l] += ok.sum(dim=1)
         acc.units += N
         self.block_inputs = [None] * (self.L + 1)
 
@@ -366,9 +431,10 @@ def score(
         rec.close()
     domains = {}
     for name, acc in rec.domains.items():
-        if int(acc.tokens.max()) == 0:
+        result = acc.result()
+        if max(result.tokens) == 0 and not any(result.nonfinite):
             continue  # e.g. scope=image on a text-only domain: nothing measured, nothing reported
-        domains[name] = acc.result()
+        domains[name] = result
     if not domains:
         raise LayercutError(
             f"no token fell in scope '{scope}' in any domain: pick another --scope "

@@ -45,6 +45,8 @@ class Recipe:
     source_path: str = ""  # the folder the source was loaded from (differs for zoo names)
     verify: dict[str, Any] = field(default_factory=dict)
     versions: dict[str, str] = field(default_factory=dict)
+    calibration: str | None = None  # the calibration set the selection used (default heal data)
+    heal: dict[str, Any] = field(default_factory=dict)  # filled by `layercut heal`
 
     def save(self, path: str | Path) -> None:
         Path(path).write_text(json.dumps(asdict(self), indent=1) + "\n")
@@ -99,7 +101,29 @@ def drop_layers(adapter: Any, drop: Iterable[int]) -> list[int]:
         cfg.max_window_layers = sum(1 for i in kept if i < mwl)
     # Last: 5.x configs validate per-layer lists against this count.
     cfg.num_hidden_layers = len(kept)
+    if getattr(adapter.model, "hf_device_map", None):
+        adapter.model.hf_device_map = renumber_device_map(adapter, kept)
     return kept
+
+
+def renumber_device_map(adapter: Any, kept: list[int]) -> dict[str, Any]:
+    """The model's accelerate device map in the pruned numbering: entries of dropped layers go,
+    'prefix.{kept[j]}...' becomes 'prefix.{j}...'. (The accelerate hooks stay on the modules, so
+    the model runs where it ran; the map is what a reload of the saved folder should use.)"""
+    prefix = next((n for n, m in adapter.model.named_modules() if m is adapter.layers), None)
+    if prefix is None:
+        raise LayercutError("cannot find the decoder layers inside the model: this is a layercut bug")
+    new_index = {old: new for new, old in enumerate(kept)}
+    out: dict[str, Any] = {}
+    for key, device in adapter.model.hf_device_map.items():
+        if key.startswith(prefix + "."):
+            head, _, rest = key[len(prefix) + 1 :].partition(".")
+            if head.isdigit():
+                if int(head) not in new_index:
+                    continue
+                key = f"{prefix}.{new_index[int(head)]}" + (f".{rest}" if rest else "")
+        out[key] = device
+    return out
 
 
 @contextlib.contextmanager
@@ -116,6 +140,7 @@ def skipped(adapter: Any, drop: Iterable[int]) -> Iterator[list[int]]:
         (m, m.layer_idx) for layer in layers for m in layer.modules() if hasattr(m, "layer_idx")
     ]
     saved_n = cfg.num_hidden_layers
+    saved_map = getattr(adapter.model, "hf_device_map", None)
     try:
         yield drop_layers(adapter, drop)
     finally:
@@ -125,6 +150,8 @@ def skipped(adapter: Any, drop: Iterable[int]) -> Iterator[list[int]]:
         for n, v in saved_cfg.items():
             setattr(cfg, n, v)
         cfg.num_hidden_layers = saved_n
+        if saved_map is not None:
+            adapter.model.hf_device_map = saved_map
 
 
 def probe_inputs(adapter: Any) -> dict[str, torch.Tensor]:
@@ -147,7 +174,7 @@ def probe_inputs(adapter: Any) -> dict[str, torch.Tensor]:
         return encode(adapter, [Sample(domain="probe", text=text)])
     vocab = adapter.text_config.vocab_size
     ids = torch.arange(3, 19).remainder(vocab).unsqueeze(0)
-    device = next(adapter.model.parameters()).device
+    device = adapter.input_device
     return adapter.complete_inputs({"input_ids": ids.to(device), "attention_mask": torch.ones_like(ids).to(device)})
 
 
@@ -157,22 +184,37 @@ def _logits(model: nn.Module, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
 
 
 def verify_reload(adapter: Any, folder: Path, inputs: dict[str, torch.Tensor]) -> dict[str, Any]:
-    """Reload `folder`; no weight may be missing and logits must equal the in-memory model's."""
+    """Reload `folder`; no weight may be missing and logits must equal the in-memory model's.
+
+    A model dispatched over several devices (or partly offloaded to disk) is reloaded with the
+    same placement, renumbered for the pruned layers, so the check never needs the whole model
+    on one device.
+    """
     from layercut.models import auto_class
 
-    reloaded, info = auto_class(adapter.family).from_pretrained(
-        folder, dtype=next(adapter.model.parameters()).dtype, output_loading_info=True
-    )
-    reloaded.eval()
-    missing = sorted(info.get("missing_keys", []))
-    if missing:
-        raise LayercutError(
-            f"the saved model reloads with {len(missing)} missing weights (e.g. {missing[0]}): "
-            "this is a layercut bug, please report it"
-        )
-    reloaded.to(next(adapter.model.parameters()).device)
-    a = _logits(adapter.model, inputs)
-    b = _logits(reloaded, inputs)
+    kwargs: dict[str, Any] = {"dtype": adapter.dtype, "output_loading_info": True}
+    dispatched = getattr(adapter, "dispatched", False)
+    offload = None
+    if dispatched:
+        offload = tempfile.TemporaryDirectory(prefix="layercut-verify-offload-")
+        kwargs.update(device_map=dict(adapter.model.hf_device_map), offload_folder=offload.name)
+    try:
+        reloaded, info = auto_class(adapter.family).from_pretrained(folder, **kwargs)
+        reloaded.eval()
+        missing = sorted(info.get("missing_keys", []))
+        if missing:
+            raise LayercutError(
+                f"the saved model reloads with {len(missing)} missing weights (e.g. {missing[0]}): "
+                "this is a layercut bug, please report it"
+            )
+        if not dispatched:
+            reloaded.to(adapter.input_device)
+        a = _logits(adapter.model, inputs).cpu()
+        b = _logits(reloaded, inputs).cpu()
+        del reloaded
+    finally:
+        if offload is not None:
+            offload.cleanup()
     diff = float((a - b).abs().max())
     if not torch.equal(a, b):
         raise LayercutError(
@@ -185,6 +227,7 @@ def verify_reload(adapter: Any, folder: Path, inputs: dict[str, torch.Tensor]) -
         "max_abs_logit_diff": diff,
         "probe_tokens": int(inputs["input_ids"].numel()),
         "probe_has_image": any(k.startswith("pixel") for k in inputs),
+        "device_map": dispatched,
     }
 
 
@@ -198,6 +241,7 @@ def prune(
     budget: int | None = None,
     params: dict[str, Any] | None = None,
     scores_file: str | Path | None = None,
+    calibration: str | None = None,
     inputs: dict[str, torch.Tensor] | None = None,
     mergekit: bool = False,
     overwrite: bool = False,
@@ -232,9 +276,10 @@ def prune(
         scores_sha256=sha256(scores_file) if scores_file else None,
         source_path=getattr(adapter, "path", "") or adapter.source,
         versions=_versions(),
+        calibration=calibration,
     )
     with atomic_dir(out, overwrite=overwrite) as tmp:
-        adapter.model.save_pretrained(tmp)
+        save_model(adapter, tmp)
         if adapter.processor is not None:
             adapter.processor.save_pretrained(tmp)
         recipe.verify = verify_reload(adapter, tmp, inputs)
@@ -243,6 +288,16 @@ def prune(
         if mergekit:
             (tmp / "mergekit.yaml").write_text(mergekit_yaml(recipe))
     return recipe
+
+
+def save_model(adapter: Any, folder: Path) -> None:
+    """save_pretrained; a dispatched model's offloaded weights are read back one at a time, and
+    transformers' warning about that (meant for 50 GB shards) is noise here."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Attempting to save a model with offloaded modules")
+        adapter.model.save_pretrained(folder)
 
 
 def _versions() -> dict[str, str]:
@@ -318,7 +373,51 @@ def model_card(recipe: Recipe) -> str:
         "",
         "Kept layers, in order (original indices): " + ", ".join(map(str, r.kept)),
         "",
+    ]
+    if r.heal:
+        lines += heal_section(r.heal, r.heal.get("verify", {}))
+    lines += [
         f"The full recipe is in `{RECIPE_FILE}`; load the model with the same Auto class as the source.",
         "",
     ]
     return "\n".join(lines)
+
+
+def heal_section(heal: dict[str, Any], verify: dict[str, Any]) -> list[str]:
+    """Model-card lines saying what `layercut heal` trained, on what, for how long, and the result."""
+    h = heal
+
+    def nll(d: dict[str, float]) -> str:
+        return ", ".join(f"{k} {v:.4f}" for k, v in d.items()) or "not measured"
+
+    lines = [
+        "## Healing",
+        "",
+        (f"After pruning, the {h['layers']} kept decoder layers were healed with a LoRA adapter "
+         "(merged into the weights; no adapter file is needed)."),
+        "",
+        "| | |",
+        "|---|---|",
+        f"| healed from | `{h.get('source', '')}` |",
+        f"| data | `{h['data']}` ({h['samples']} samples) |",
+        (f"| LoRA | rank {h['rank']}, alpha {h['alpha']:g}, on {h['target_modules']} linear modules "
+         f"({h['trainable_parameters']:,} trained parameters) |"),
+        (f"| training | {h['steps']} steps, batch {h['batch_size']}, max length {h['max_length']}, "
+         f"lr {h['lr']:g}, seed {h['seed']}, {h['tokens_seen']:,} target tokens |"),
+        f"| time | {h['seconds']:.1f} s |",
+        f"| calibration NLL before | {nll(h.get('calib_nll_before', {}))} |",
+        f"| calibration NLL after | {nll(h.get('calib_nll_after', {}))} |",
+    ]
+    if verify:
+        lines.append(
+            f"| reload check | missing weights {verify['missing_keys']}, max logit diff "
+            f"{verify['max_abs_logit_diff']} on {verify['probe_tokens']} tokens |"
+        )
+    return lines + [""]
+
+
+def heal_card(source: str, heal: dict[str, Any], verify: dict[str, Any]) -> str:
+    """README.md of a healed checkpoint whose source has no layercut recipe."""
+    lines = ["---", "tags: [layercut, healed]", f"base_model: {source}", "---",
+             f"# {Path(source).name or source}, healed", ""]
+    return "\n".join(lines + heal_section({**heal, "source": source}, verify))

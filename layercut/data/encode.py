@@ -27,15 +27,46 @@ def encode_batches(
     samples: list[Sample],
     batch_size: int = 8,
     max_length: int = 1024,
+    max_tokens: int | None = None,
 ) -> Iterator[Batch]:
-    """Batches of encoded samples; each holds one domain and either all-image or all-text rows."""
+    """Batches of encoded samples; each holds one domain and either all-image or all-text rows.
+
+    With `max_tokens`, rows are sorted by length (longest first, so a batch that does not fit
+    fails at once) and packed so that rows x longest row <= max_tokens: padded memory stays under
+    one ceiling whatever the calibration set's size; `batch_size` is then not used. A sample
+    longer than the budget gets a batch of its own.
+    """
+    if max_tokens is not None and max_tokens < 1:
+        raise LayercutError(f"--max-tokens-per-batch {max_tokens}: give a positive token budget")
     groups: dict[tuple[str, bool], list[Sample]] = {}
     for s in samples:
         groups.setdefault((s.domain, bool(s.images)), []).append(s)
     for (domain, _), group in groups.items():
-        for start in range(0, len(group), batch_size):
-            chunk = group[start : start + batch_size]
+        if max_tokens is None:
+            chunks = [group[i : i + batch_size] for i in range(0, len(group), batch_size)]
+        else:
+            chunks = _pack_by_tokens(adapter, group, max_length, max_tokens)
+        for chunk in chunks:
             yield Batch(domain=domain, inputs=encode(adapter, chunk, max_length), samples=len(chunk))
+
+
+def sample_length(adapter: Any, sample: Sample, max_length: int = 1024) -> int:
+    """Tokens the sample takes once encoded (image placeholders included), truncation applied."""
+    if sample.images:
+        return int(_encode_with_images(adapter, [sample])["input_ids"].shape[1])
+    return int(_encode_text(adapter, [sample], max_length)["input_ids"].shape[1])
+
+
+def _pack_by_tokens(adapter: Any, group: list[Sample], max_length: int, max_tokens: int) -> list[list[Sample]]:
+    lengths = [sample_length(adapter, s, max_length) for s in group]
+    order = sorted(range(len(group)), key=lambda i: -lengths[i])  # stable: ties keep file order
+    chunks: list[list[Sample]] = []
+    start = 0
+    while start < len(order):
+        rows = max(1, max_tokens // max(lengths[order[start]], 1))
+        chunks.append([group[i] for i in order[start : start + rows]])
+        start += rows
+    return chunks
 
 
 def encode(adapter: Any, samples: list[Sample], max_length: int = 1024) -> dict[str, torch.Tensor]:
@@ -46,7 +77,8 @@ def encode(adapter: Any, samples: list[Sample], max_length: int = 1024) -> dict[
     else:
         inputs = _encode_text(adapter, samples, max_length)
     inputs = adapter.complete_inputs(dict(inputs))
-    device = next(adapter.model.parameters()).device
+    # A dispatched model's first parameter may sit on 'meta' (offloaded): ask the adapter.
+    device = getattr(adapter, "input_device", None) or next(adapter.model.parameters()).device
     dtype = next(adapter.model.parameters()).dtype
     out = {}
     for k, v in inputs.items():

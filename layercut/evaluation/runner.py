@@ -451,6 +451,7 @@ class TeacherBatch:
     rows: torch.Tensor  # scored positions: batch row ...
     cols: torch.Tensor  # ... and the position that predicts the target
     targets: torch.Tensor
+    owner: torch.Tensor | None = None  # per scored position, its row in `index` (default: `rows`)
 
 
 def teacher_batches(adapter: Any, rows: list[tuple[Context, torch.Tensor]],
@@ -480,6 +481,61 @@ def teacher_batches(adapter: Any, rows: list[tuple[Context, torch.Tensor]],
                            torch.tensor(targets, dtype=torch.long, device=device))
 
 
+def packed_batches(adapter: Any, prepared: Prepared, batch_size: int) -> list[TeacherBatch]:
+    """A choice task's items, each as one packed row [context | candidate 1 | ... | candidate K]:
+    a 4-D mask lets every candidate see the context and its own earlier tokens only, and each
+    candidate's positions continue from the context's end, so the context is computed once per
+    item instead of once per candidate. The rows are those of `teacher_rows`, in its order."""
+    device, dtype = _device(adapter)
+    items = prepared.items
+    first_row = [0]
+    for it in items:
+        first_row.append(first_row[-1] + len(it.continuations))
+    order = sorted(range(len(items)), key=lambda i: -(len(items[i].context.ids)
+                                                       + sum(len(c) for c in items[i].continuations)))
+    out = []
+    for start in range(0, len(order), batch_size):
+        chunk = order[start:start + batch_size]
+        seqs, seq_extra, extras, spans = [], [], [], []
+        for i in chunk:
+            ctx, conts = items[i].context, items[i].continuations
+            seqs.append(torch.cat([ctx.ids, *conts]))
+            seq_extra.append(_seq_of(ctx, sum(len(c) for c in conts)))
+            extras.append(ctx.extras)
+            spans.append((len(ctx.ids), [len(c) for c in conts]))
+        inputs = _collate(adapter, seqs, seq_extra, extras, left=False)
+        B, W = inputs["input_ids"].shape
+        allowed = torch.zeros((B, W, W), dtype=torch.bool)
+        positions = torch.zeros((B, W), dtype=torch.long)
+        index, rr, cc, targets, owner = [], [], [], [], []
+        for r, (i, (T, lens)) in enumerate(zip(chunk, spans)):
+            allowed[r, :T, :T] = torch.ones((T, T), dtype=torch.bool).tril()
+            positions[r, :T] = torch.arange(T)
+            at = T
+            for k, n in enumerate(lens):
+                allowed[r, at:at + n, :T] = True
+                allowed[r, at:at + n, at:at + n] = torch.ones((n, n), dtype=torch.bool).tril()
+                positions[r, at:at + n] = torch.arange(T, T + n)
+                row = len(index)
+                index.append(first_row[i] + k)
+                for j in range(n):
+                    if j == 0 and T == 0:
+                        continue  # nothing to condition the first token on
+                    rr.append(r)
+                    cc.append(T - 1 if j == 0 else at + j - 1)
+                    targets.append(int(seqs[r][at + j]))
+                    owner.append(row)
+                at += n
+            allowed[r, at:, at:] |= torch.eye(W - at, dtype=torch.bool)  # padding sees itself only
+        mask = torch.zeros((B, 1, W, W), dtype=dtype)
+        mask.masked_fill_(~allowed[:, None], torch.finfo(dtype).min)
+        inputs["attention_mask"] = mask.to(device)
+        inputs["position_ids"] = positions.to(device)
+        t = lambda v: torch.tensor(v, dtype=torch.long, device=device)  # noqa: E731
+        out.append(TeacherBatch(index, inputs, t(rr), t(cc), t(targets), t(owner)))
+    return out
+
+
 def batch_scores(batch: TeacherBatch, logits: torch.Tensor) -> list[tuple[float, int]]:
     """(sum of log-probabilities, tokens scored) per row of the batch, from the logits [N, V]
     at its scored positions."""
@@ -488,7 +544,7 @@ def batch_scores(batch: TeacherBatch, logits: torch.Tensor) -> list[tuple[float,
         return [(0.0, 0)] * n
     logp = torch.log_softmax(logits.float(), dim=-1)
     picked = logp.gather(1, batch.targets[:, None])[:, 0].double().cpu()
-    rows = batch.rows.cpu()
+    rows = (batch.rows if batch.owner is None else batch.owner).cpu()
     sums = torch.zeros(n, dtype=torch.float64).index_add_(0, rows, picked)
     counts = torch.bincount(rows, minlength=n)
     return [(float(sums[r]), int(counts[r])) for r in range(n)]

@@ -7,6 +7,7 @@ dropped. Nothing outside this package names an architecture.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -79,6 +80,7 @@ class Adapter:
     processor: Any = None  # AutoProcessor for VLMs, tokenizer for text models (may be None)
     source: str = ""  # what the user named: folder, hub id or zoo name
     path: str = ""  # where it was loaded from (a zoo name's cached folder)
+    offload_folder: str | None = None  # where a device map's "disk" weights live, if any
 
     @classmethod
     def wrap(cls, model: nn.Module, processor: Any = None, source: str = "") -> "Adapter":
@@ -100,6 +102,35 @@ class Adapter:
     @property
     def num_layers(self) -> int:
         return len(self.layers)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.model.parameters()).dtype
+
+    @property
+    def device_map(self) -> dict[str, Any] | None:
+        """accelerate's module -> device map when the model was loaded with one, else None."""
+        return getattr(self.model, "hf_device_map", None)
+
+    @property
+    def dispatched(self) -> bool:
+        """True when the model is spread over several devices or partly offloaded to disk."""
+        dm = self.device_map or {}
+        return len({str(v) for v in dm.values()}) > 1 or "disk" in dm.values()
+
+    @property
+    def input_device(self) -> torch.device:
+        """Where inputs go: the input embeddings' execution device (offloaded weights sit on
+        'meta', so the first parameter's device is not it)."""
+        emb = self.model.get_input_embeddings()
+        hook = getattr(emb, "_hf_hook", None)
+        device = getattr(hook, "execution_device", None)
+        if device is not None:
+            return torch.device(f"cuda:{device}" if isinstance(device, int) else device)
+        for p in emb.parameters():
+            if p.device.type != "meta":
+                return p.device
+        return torch.device("cpu")
 
     @property
     def tokenizer(self) -> Any:
@@ -158,9 +189,21 @@ def auto_class(family: Family) -> Any:
     )
 
 
-def load(name: str, dtype: torch.dtype = torch.float32) -> Adapter:
+DEVICE_MAPS = ("auto", "balanced", "balanced_low_0", "sequential")
+
+
+def load(
+    name: str,
+    dtype: torch.dtype = torch.float32,
+    device_map: str | dict[str, Any] | None = None,
+    offload_folder: str | Path | None = None,
+) -> Adapter:
     """Load a supported model and its processor/tokenizer from a folder, hub id or zoo name.
 
+    `device_map` is None (one device, CPU), one of accelerate's strategies ("auto", "balanced",
+    ...), a JSON file or a dict {module name: 0 | "cuda:1" | "cpu" | "disk"}. Weights mapped to
+    "disk" are read from `offload_folder` (a temporary folder by default) or, where the
+    checkpoint is safetensors in the load dtype, straight from the checkpoint.
     Hub ids only work where a hub is reachable or the model is already in the local HF cache.
     """
     import transformers
@@ -176,10 +219,71 @@ def load(name: str, dtype: torch.dtype = torch.float32) -> Adapter:
             f"a cached hub id, or a built-in name ({', '.join(zoo.names())})"
         ) from exc
     family = family_for(config)
-    model = auto_class(family).from_pretrained(path, dtype=dtype)
+    kwargs: dict[str, Any] = {"dtype": dtype}
+    if device_map is not None:
+        kwargs["device_map"] = parse_device_map(device_map)
+        values = kwargs["device_map"].values() if isinstance(kwargs["device_map"], dict) else []
+        if offload_folder is None and ("disk" in values or kwargs["device_map"] in DEVICE_MAPS):
+            offload_folder = _temporary_offload_folder()
+        if offload_folder is not None:
+            kwargs["offload_folder"] = str(offload_folder)
+    try:
+        model = auto_class(family).from_pretrained(path, **kwargs)
+    except (ValueError, KeyError, RuntimeError) as exc:
+        if device_map is None:
+            raise
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else exc.__class__.__name__
+        first = first if len(first) <= 160 else first[:157] + "..."
+        raise LayercutError(
+            f"device map {device_map!r} does not fit '{name}' ({first}): map every top-level "
+            "module (e.g. model.embed_tokens, model.layers.N, model.norm, lm_head)"
+        ) from None
     model.eval()
     processor = load_processor(path, family)
-    return Adapter(model=model, family=family, processor=processor, source=name, path=str(path))
+    return Adapter(model=model, family=family, processor=processor, source=name, path=str(path),
+                   offload_folder=str(offload_folder) if offload_folder is not None else None)
+
+
+def parse_device_map(device_map: str | dict[str, Any]) -> str | dict[str, Any]:
+    """A strategy name passes through; a JSON file becomes its dict; every device is checked."""
+    if isinstance(device_map, str) and device_map in DEVICE_MAPS:
+        return device_map
+    if isinstance(device_map, str):
+        path = Path(device_map)
+        if not path.is_file():
+            raise LayercutError(
+                f"--device-map '{device_map}': use {' | '.join(DEVICE_MAPS)} or a JSON file "
+                "mapping module names to devices"
+            )
+        try:
+            device_map = json.loads(path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise LayercutError(f"device map '{path}' is not JSON ({exc}): fix the file") from None
+    if not isinstance(device_map, dict) or not device_map:
+        raise LayercutError("a device map must be a JSON object {\"module name\": device}: fix the file")
+    for module, device in device_map.items():
+        ok = isinstance(device, int) and not isinstance(device, bool) and device >= 0
+        if isinstance(device, str):
+            try:
+                ok = device == "disk" or torch.device(device) is not None
+            except (RuntimeError, ValueError):
+                ok = False
+        if not ok:
+            raise LayercutError(
+                f"device map: '{module}' -> {device!r} is not a device: use a GPU index, "
+                "'cuda:N', 'cpu' or 'disk'"
+            )
+    return device_map
+
+
+def _temporary_offload_folder() -> Path:
+    import atexit
+    import shutil
+    import tempfile
+
+    folder = Path(tempfile.mkdtemp(prefix="layercut-offload-"))
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    return folder
 
 
 def load_processor(path: str | Path, family: Family) -> Any:
