@@ -130,7 +130,8 @@ def test_sweep_engines_give_the_same_table(tiny_text_dir, tmp_path):
     api.score(str(tiny_text_dir), "builtin:text:4", max_length=64).save(scores)
     tables = {}
     for name in ("plain", "prefix", "trie"):
-        spec = SweepSpec(model=str(tiny_text_dir), methods=["math", "bi", "last", "uniform"],
+        spec = SweepSpec(model=str(tiny_text_dir),
+                         methods=["math", "general", "mixed", "bi", "block", "last", "uniform", "spacing", "random"],
                          budgets=[0, 1, 2, 3], tasks=["nll-math", "mmlu-math"], scores=str(scores),
                          limit=4, engine=name, cache_mem="64MB" if name == "trie" else None)
         df = run_sweep(spec, tmp_path / name)

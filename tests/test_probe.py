@@ -114,3 +114,23 @@ def test_sweep_probes_guards_and_reports(tiny_text_dir, tmp_path):
     md = (folder / "report.md").read_text()
     assert "Critical-layer guard" in md and "math → math+guard" in md
     assert (folder / "damage.png").is_file()
+
+
+def test_probe_command_writes_the_profile_and_guards_a_selection(tiny_text_dir, tmp_path, capsys):
+    from tests.test_cli import run
+
+    out = tmp_path / "probe.json"
+    code, stdout, err = run(["probe", "--model", tiny_text_dir, "--calib", "builtin:text:2",
+                             "--max-length", "32", "--out", out], capsys)
+    assert code == 0, err
+    profile = DamageProfile.load(out)
+    assert profile.num_layers == 6 and set(profile.nll) == {"math", "general", "all"}
+    assert "critical layers" in stdout
+    code, _, err = run(["probe", "--model", tiny_text_dir, "--calib", "builtin:text:2", "--out", out], capsys)
+    assert code == 2 and "already exists" in err and len(err.strip().splitlines()) == 1
+    code, stdout, err = run(["select", "--method", "damage", "--budget", "2", "--model", tiny_text_dir,
+                             "--probe", out], capsys)
+    assert code == 0, err
+    damage = profile.damage("all")
+    expected = sorted(range(1, 5), key=lambda i: (damage[i], i))[:2]
+    assert stdout.strip() == ",".join(map(str, expected))
