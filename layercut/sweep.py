@@ -40,6 +40,7 @@ from layercut.selection import GUARD
 SPEC_FILE = "sweep.json"
 LOG_FILE = "cells.jsonl"
 PROBE_FILE = "probe.json"
+HEAL_TAG = "+heal"  # task and domain suffix of healed cells in the results table
 COLUMNS = [
     "method", "budget", "task", "domain", "metric", "value", "higher_is_better",
     "drop", "n", "seconds", "shared",
@@ -64,6 +65,7 @@ class SweepSpec:
     probe: str | None = None  # probe.json (copied into the sweep folder): for `damage` and NAME+guard
     engine: str = "trie"  # teacher-forced tasks: trie | prefix | plain (see engine.py)
     cache_mem: str | None = None  # bound on stored hidden states (e.g. "2GiB"); default half of free RAM
+    heal_steps: int = 0  # also evaluate every cell after this many LoRA steps on `calib` (0: no)
     num_layers: int = 0  # filled when planned
     protected: list[int] = field(default_factory=list)  # resolved protected layers, filled when planned
 
@@ -81,10 +83,16 @@ class Unit:
 
     drop: tuple[int, ...]  # sorted original indices
     task: str
+    heal: int = 0  # LoRA steps of healing before the evaluation (0: none)
 
     @property
     def key(self) -> str:
-        return f"{self.task}|{','.join(map(str, self.drop))}"
+        return f"{self.task}|{','.join(map(str, self.drop))}" + (f"|heal{self.heal}" if self.heal else "")
+
+    @property
+    def label(self) -> tuple[str, str]:
+        """(task, domain) suffix of the results table: healed cells are series of their own."""
+        return (f"{HEAL_TAG}{self.heal}", f"{HEAL_TAG}{self.heal}") if self.heal else ("", "")
 
 
 def parse_budgets(text: str) -> list[int]:
@@ -168,22 +176,23 @@ class ResultsLog:
 
     def add(self, unit: Unit, metrics: dict[str, float], seconds: float) -> None:
         rec = {"key": unit.key, "task": unit.task, "drop": list(unit.drop), "metrics": metrics,
-               "seconds": seconds}
+               "seconds": seconds, "heal": unit.heal}
         with open(self.path, "a") as f:
             f.write(json.dumps(rec) + "\n")
             f.flush()
             os.fsync(f.fileno())
         self.done[unit.key] = rec
 
-    def table(self, picks: dict[tuple[str, int], list[int]], tasks: list[str]) -> pd.DataFrame:
-        """One row per (method, budget, task, metric) whose unit is done."""
+    def table(self, picks: dict[tuple[str, int], list[int]], tasks: list[str], heal: int = 0) -> pd.DataFrame:
+        """One row per (method, budget, task, metric) whose unit is done; with `heal`, healed
+        cells again as task TASK+healN of domain DOMAIN+healN."""
         from layercut.evaluation import HIGHER_IS_BETTER
 
         rows = []
         first_owner: dict[str, tuple[str, int]] = {}
         for (method, budget), drop in picks.items():
-            for task in tasks:
-                unit = Unit(tuple(sorted(drop)), task)
+            for task, steps in [(t, h) for h in ([0, heal] if heal else [0]) for t in tasks]:
+                unit = Unit(tuple(sorted(drop)), task, steps)
                 rec = self.done.get(unit.key)
                 if rec is None:
                     continue
@@ -192,18 +201,19 @@ class ResultsLog:
                     if metric not in HIGHER_IS_BETTER:
                         continue
                     rows.append({
-                        "method": method, "budget": budget, "task": task,
-                        "domain": self.domains.get(task, ""), "metric": metric, "value": float(value),
+                        "method": method, "budget": budget, "task": task + unit.label[0],
+                        "domain": self.domains.get(task, "") + unit.label[1], "metric": metric,
+                        "value": float(value),
                         "higher_is_better": HIGHER_IS_BETTER[metric],
                         "drop": ",".join(map(str, drop)), "n": int(rec["metrics"].get("n", 0)),
                         "seconds": rec["seconds"], "shared": owner != (method, budget),
                     })
         return pd.DataFrame(rows, columns=COLUMNS)
 
-    def write_tables(self, picks: dict[tuple[str, int], list[int]], tasks: list[str]) -> pd.DataFrame:
+    def write_tables(self, picks: dict[tuple[str, int], list[int]], tasks: list[str], heal: int = 0) -> pd.DataFrame:
         from layercut.io import atomic_file
 
-        df = self.table(picks, tasks)
+        df = self.table(picks, tasks, heal)
         with atomic_file(self.folder / "results.parquet", overwrite=True) as tmp:
             df.to_parquet(tmp, index=False)
         with atomic_file(self.folder / "results.csv", overwrite=True) as tmp:
@@ -228,6 +238,7 @@ class _Worker:
         self.spec = spec
         self.prepared = {t: prepare(t, self.adapter, limit=spec.limit, seed=spec.seed) for t in spec.tasks}
         self.shared: dict[str, Any] = {}  # task -> engine.SharedWork, made on first use
+        self.heal_data: list | None = None  # calibration samples, read on the first healed cell
 
     def run_many(self, units: list[Unit]) -> Iterator[tuple[Unit, dict[str, float], float]]:
         """Results as they finish: teacher-forced tasks through the shared-work engine (all of a
@@ -235,8 +246,14 @@ class _Worker:
         from layercut import engine
 
         by_task: dict[str, list[Unit]] = {}
+        by_drop: dict[tuple[int, ...], list[Unit]] = {}
         for unit in units:
-            by_task.setdefault(unit.task, []).append(unit)
+            if unit.heal:
+                by_drop.setdefault(unit.drop, []).append(unit)
+            else:
+                by_task.setdefault(unit.task, []).append(unit)
+        for group in by_drop.values():
+            yield from self.run_healed(group)
         for task, group in by_task.items():
             prepared = self.prepared[task]
             if self.spec.engine == "plain" or not engine.supports(prepared):
@@ -251,6 +268,26 @@ class _Worker:
 
     def run_list(self, units: list[Unit]) -> list[tuple[Unit, dict[str, float], float]]:
         return list(self.run_many(units))
+
+    def run_healed(self, units: list[Unit]) -> Iterator[tuple[Unit, dict[str, float], float]]:
+        """One drop set healed once (LoRA on its kept layers, `heal.healed`: restored exactly
+        afterwards), then every task evaluated on it with plain forwards (healing changes every
+        layer, so no cached layer inputs apply)."""
+        from layercut import api, surgery
+        from layercut.evaluation import evaluate
+        from layercut.heal import healed
+
+        if not self.spec.calib:
+            raise LayercutError("--heal-steps heals on the calibration data: pass --calib")
+        if self.heal_data is None:
+            self.heal_data = api.calibration(self.spec.calib)
+        t0 = time.perf_counter()
+        with surgery.skipped(self.adapter, units[0].drop), \
+                healed(self.adapter, self.heal_data, steps=units[0].heal, seed=self.spec.seed, measure=False):
+            for unit in units:
+                metrics = evaluate(self.adapter, self.prepared[unit.task], batch_size=self.spec.batch_size)
+                yield unit, {k: float(v) for k, v in metrics.items()}, time.perf_counter() - t0
+                t0 = time.perf_counter()
 
     def run(self, unit: Unit) -> tuple[Unit, dict[str, float], float]:
         from layercut import surgery
@@ -268,14 +305,18 @@ def _run_local(worker: _Worker, units: list[Unit], on_result: Callable) -> None:
 
 
 def _chunks(units: list[Unit], n: int) -> list[list[Unit]]:
-    """Units cut into about 4n pieces for n workers, each piece one task's run of neighbouring
-    kept-layer sequences (trie order), so that a piece still shares its prefixes."""
+    """Units cut into about 4n pieces for n workers: a piece is one task's run of neighbouring
+    kept-layer sequences (trie order), so that it still shares its prefixes, or one healed drop
+    set with all its tasks, so that it is healed once."""
     L = max((max(u.drop) for u in units if u.drop), default=0) + 1
-    ordered = sorted(units, key=lambda u: (u.task, tuple(i for i in range(L) if i not in u.drop)))
+    ordered = sorted(units, key=lambda u: (u.heal, "" if u.heal else u.task,
+                                           tuple(i for i in range(L) if i not in u.drop), u.task))
     size = max(1, -(-len(ordered) // (4 * n)))
     pieces: list[list[Unit]] = []
     for unit in ordered:
-        if pieces and len(pieces[-1]) < size and pieces[-1][0].task == unit.task:
+        last = pieces[-1][0] if pieces else None
+        if last is not None and last.heal == unit.heal and (
+                last.drop == unit.drop if unit.heal else (len(pieces[-1]) < size and last.task == unit.task)):
             pieces[-1].append(unit)
         else:
             pieces.append([unit])
@@ -340,6 +381,9 @@ def run_sweep(
     domains = {t: get_task(t).domain for t in spec.tasks}
 
     scores = LayerScores.load(spec.scores) if spec.scores else None
+    if spec.heal_steps < 0 or (spec.heal_steps and not spec.calib):
+        raise LayercutError("--heal-steps heals every cell on the calibration data: give a positive "
+                            "number of steps and --calib")
     if spec.engine not in ENGINES:
         raise LayercutError(f"unknown engine '{spec.engine}': use {', '.join(ENGINES)}")
     if spec.cache_mem is not None:
@@ -368,14 +412,15 @@ def run_sweep(
     picks: dict[tuple[str, int], list[int]] = {}
     for methods in phases:
         if methods == hybrid and spec.options.get("hybrid_threshold") is None:
-            found = _threshold_from(log.table(picks, spec.tasks))
+            found = _threshold_from(log.table(picks, spec.tasks))  # before healing
             # No structure-dominated regime in range: hybrid stays a pure ranking method.
             spec.options["hybrid_threshold"] = found if found is not None else max(spec.budgets) + 1
             spec.options["hybrid_threshold_found"] = found is not None
             spec.save(out / SPEC_FILE)
         picks.update(plan_selections(spec, scores, adapter, methods))
+        heals = [0, spec.heal_steps] if spec.heal_steps else [0]
         units = list(dict.fromkeys(
-            Unit(tuple(sorted(drop)), t) for drop in picks.values() for t in spec.tasks
+            Unit(tuple(sorted(drop)), t, h) for h in heals for drop in picks.values() for t in spec.tasks
         ))
         todo = [u for u in units if u.key not in log.done]
         total, done = len(units), len(units) - len(todo)
@@ -385,7 +430,7 @@ def run_sweep(
         def on_result(unit: Unit, metrics: dict[str, float], seconds: float) -> None:
             nonlocal done
             log.add(unit, metrics, seconds)
-            log.write_tables(picks, spec.tasks)
+            log.write_tables(picks, spec.tasks, spec.heal_steps)
             done += 1
             if progress:
                 progress(done, total)
@@ -394,7 +439,7 @@ def run_sweep(
             _run_local(worker, todo, on_result)
         else:
             _run_ray(spec, todo, on_result, workers)
-    return log.write_tables(picks, spec.tasks)
+    return log.write_tables(picks, spec.tasks, spec.heal_steps)
 
 
 def _probe_into(spec: SweepSpec, out: Path, adapter: Any) -> None:

@@ -141,3 +141,27 @@ def test_parse_budgets():
     assert parse_budgets("0,2,5") == [0, 2, 5]
     with pytest.raises(LayercutError, match="budgets"):
         parse_budgets("0:x")
+
+
+def test_heal_steps_add_healed_series_that_equal_healing_by_hand(tiny_text_dir, scores_path, tmp_path):
+    from layercut.heal import healed
+
+    spec = spec_for(tiny_text_dir, scores_path, methods=["math", "uniform"], budgets=[0, 2], tasks=["nll-math"],
+                    limit=3, calib="builtin:text:2", heal_steps=3)
+    df = run_sweep(spec, tmp_path / "h")
+    assert set(df.task) == {"nll-math", "nll-math+heal3"} and set(df.domain) == {"math", "math+heal3"}
+    nll = df[df.metric == "nll"].set_index(["task", "method", "budget"])["value"]
+    adapter = models.load(str(tiny_text_dir))
+    prepared = prepare("nll-math", adapter, limit=3)
+    drop = [int(i) for i in df[(df.method == "math") & (df.budget == 2)]["drop"].iloc[0].split(",")]
+    with surgery.skipped(adapter, drop), healed(adapter, api.calibration("builtin:text:2"), steps=3, seed=0,
+                                                  measure=False):
+        by_hand = evaluate(adapter, prepared)["nll"]
+    assert nll[("nll-math+heal3", "math", 2)] == pytest.approx(by_hand, rel=1e-5)
+    assert nll[("nll-math+heal3", "math", 2)] != nll[("nll-math", "math", 2)]
+    with pytest.raises(LayercutError, match="--calib"):
+        run_sweep(spec_for(tiny_text_dir, scores_path, heal_steps=2), tmp_path / "bad")
+    from layercut.report import write_report
+
+    md = (write_report(tmp_path / "h") / "report.md").read_text()
+    assert "Before and after healing" in md and "nll-math+heal3" in md
