@@ -118,6 +118,9 @@ def probe(
     batch_size: int = 8,
     max_length: int = 512,
     cache_mem: int | str | None = None,
+    dtype: str = "fp32",
+    device_map: str | dict | None = None,
+    offload_folder: str | Path | None = None,
     progress: Callable[[int, int], None] | None = None,
 ) -> Any:
     """The single-drop damage profile (`probe.DamageProfile`): each layer outside `protect`
@@ -125,7 +128,7 @@ def probe(
     from layercut.data.encode import encode_batches
     from layercut.probe import probe as probe_pass
 
-    adapter = load_model(model)
+    adapter = load_model(model, dtype, device_map, offload_folder)
     batches = list(encode_batches(adapter, calibration(calib), batch_size=batch_size, max_length=max_length))
     never = protect_set(adapter.num_layers, protect, adapter.protected_layers())
     profile = probe_pass(adapter, batches, never, cache_mem=cache_mem, progress=progress)

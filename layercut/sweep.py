@@ -65,6 +65,8 @@ class SweepSpec:
     probe: str | None = None  # probe.json (copied into the sweep folder): for `damage` and NAME+guard
     engine: str = "trie"  # teacher-forced tasks: trie | prefix | plain (see engine.py)
     cache_mem: str | None = None  # bound on stored hidden states (e.g. "2GiB"); default half of free RAM
+    dtype: str = "fp32"  # fp32 | bf16 | fp16
+    device_map: str | None = None  # accelerate device map: auto | balanced | FILE.json
     heal_steps: int = 0  # also evaluate every cell after this many LoRA steps on `calib` (0: no)
     num_layers: int = 0  # filled when planned
     protected: list[int] = field(default_factory=list)  # resolved protected layers, filled when planned
@@ -234,7 +236,7 @@ class _Worker:
         from layercut import api
         from layercut.evaluation import prepare
 
-        self.adapter = api.load_model(spec.model)
+        self.adapter = api.load_model(spec.model, spec.dtype, spec.device_map)
         self.spec = spec
         self.prepared = {t: prepare(t, self.adapter, limit=spec.limit, seed=spec.seed) for t in spec.tasks}
         self.shared: dict[str, Any] = {}  # task -> engine.SharedWork, made on first use
@@ -391,7 +393,7 @@ def run_sweep(
 
         parse_mem(spec.cache_mem)  # a bad size fails now, not after the model loads
     worker = _Worker(spec) if executor == "local" else None
-    adapter = worker.adapter if worker else api.load_model(spec.model)
+    adapter = worker.adapter if worker else api.load_model(spec.model, spec.dtype, spec.device_map)
     spec.num_layers = adapter.num_layers
     spec.protected = sorted(api.protect_set(spec.num_layers, spec.protect, adapter.protected_layers()))
     if scores is not None and scores.num_layers != spec.num_layers:

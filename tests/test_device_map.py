@@ -171,3 +171,19 @@ def test_fp16_overflow_is_counted_per_layer_and_domain_never_averaged(overflow_d
     code, _, err = run(["score", "--model", overflow_dir, "--calib", text_calib,
                         "--out", tmp_path / "s32.json"], capsys)
     assert code == 0 and "inf/NaN" not in err
+
+
+def test_split_model_probes_and_sweeps_like_the_whole_one(tiny_text_dir, map_file, tmp_path):
+    """The shared-work engine calls layers one by one: offloaded layers still load their weights."""
+    from layercut.sweep import SweepSpec, run_sweep
+
+    whole = api.probe(str(tiny_text_dir), "builtin:text:2", max_length=32)
+    split = api.probe(str(tiny_text_dir), "builtin:text:2", max_length=32, device_map=str(map_file))
+    for d, values in whole.nll.items():
+        assert split.nll[d] == pytest.approx(values, rel=1e-6)
+    tables = []
+    for name, dm in (("whole", None), ("split", str(map_file))):
+        spec = SweepSpec(model=str(tiny_text_dir), methods=["last", "uniform"], budgets=[0, 2], tasks=["nll-math"],
+                         limit=2, device_map=dm)
+        tables.append(run_sweep(spec, tmp_path / name).sort_values(["method", "budget", "metric"]))
+    assert list(tables[0].value) == pytest.approx(list(tables[1].value), rel=1e-6)
