@@ -16,6 +16,8 @@ step 2) = 72 cells on the default model (SmolLM2-135M-Instruct, 30 layers) and `
 Each way runs in its own fresh Python process, one after the other, with the same torch thread
 count (`--threads`, default 1: the other core of these 2-core machines is usually busy), and
 reports its wall and CPU seconds (timed inside, imports excluded) and its peak resident memory.
+With `--rounds R` every way runs R times, the order rotating from round to round, and the table
+keeps each way's fastest round (the one least disturbed by other work on the machine).
 Layer scores are computed once beforehand, not timed. Every cell's metric must be the same in
 every way (max |diff| printed). "layer passes" counts decoder-layer forwards per batch that each
 way's plan needs, computed from the drop sets (the trie's count is the number of distinct hidden
@@ -83,6 +85,7 @@ def run_way(args: argparse.Namespace) -> dict:
         wall, cpu = since(t)
         for r in df.itertuples():
             metrics.setdefault(f"{r.method}|{r.budget}", {})[r.metric] = float(r.value)
+        shutil.rmtree(tmp / f"sweep-{args.way}")  # not timed; the next round writes it again
     else:
         scores = LayerScores.load(args.scores)
         for m in methods:
@@ -130,6 +133,7 @@ def main() -> None:
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--ways", default=",".join(WAYS))
     p.add_argument("--threads", type=int, default=1, help="torch threads in every way")
+    p.add_argument("--rounds", type=int, default=1, help="runs of every way (rotating order); the fastest counts")
     p.add_argument("--tmp-dir", default=None, help="where sweeps and checkpoints go (removed at the end)")
     p.add_argument("--way", default=None, help=argparse.SUPPRESS)
     p.add_argument("--scores", default=None, help=argparse.SUPPRESS)
@@ -164,8 +168,9 @@ def main() -> None:
         console.print(f"scores ({CALIB}, max_length 128): {time.perf_counter() - t:.0f} s, not timed; "
                       f"{len(cells)} cells, {len({tuple(d) for d in drops.values()})} distinct drop sets; "
                       f"{args.task} --limit {args.limit}: {tokens} tokens per evaluation", highlight=False)
-        results = {}
-        for way in ways:
+        results: dict[str, dict] = {}
+        runs = [w for rnd in range(args.rounds) for w in ways[rnd % len(ways):] + ways[:rnd % len(ways)]]
+        for n, way in enumerate(runs):
             cmd = [sys.executable, __file__, "--way", way, "--scores", str(Path(tmp) / "scores.json"),
                    "--tmp", tmp, "--methods", args.methods, "--budgets", args.budgets, "--task", args.task,
                    "--limit", str(args.limit), "--batch-size", str(args.batch_size),
@@ -173,9 +178,12 @@ def main() -> None:
             done = subprocess.run(cmd, capture_output=True, text=True)
             if done.returncode:
                 sys.exit(f"way {way} failed:\n{done.stderr[-3000:]}")
-            results[way] = json.loads(done.stdout.strip().splitlines()[-1])
-            r = results[way]
-            console.print(f"{way}: {r['wall']:.1f} s, peak {r['peak_mib']:.0f} MiB", highlight=False)
+            r = json.loads(done.stdout.strip().splitlines()[-1])
+            console.print(f"round {n // len(ways) + 1} {way}: {r['wall']:.1f} s, peak {r['peak_mib']:.0f} MiB",
+                          highlight=False)
+            if way not in results or r["wall"] < results[way]["wall"]:
+                results[way] = r
+        results = {w: results[w] for w in ways}
 
     passes = layer_passes(drops, L)
     best = "trie" if "trie" in results else ways[0]
@@ -197,10 +205,12 @@ def main() -> None:
     if "trie" in results:
         for way, target in (("prefix", 2), ("reload", 10)):
             if way in results:
-                ratio = results[way]["wall"] / results["trie"]["wall"]
-                console.print(f"target {way}/trie >= {target}x: {'met' if ratio >= target else 'NOT met'} "
-                              f"({ratio:.2f}x wall, {results[way]['cpu'] / results['trie']['cpu']:.2f}x CPU)",
-                              highlight=False)
+                wall = results[way]["wall"] / results["trie"]["wall"]
+                cpu = results[way]["cpu"] / results["trie"]["cpu"]
+                # Wall time also counts other jobs on a shared machine; CPU time is the way's own work.
+                console.print(f"target {way}/trie >= {target}x: {'met' if cpu >= target else 'NOT met'} in CPU "
+                              f"time ({cpu:.2f}x), {'met' if wall >= target else 'NOT met'} in wall time "
+                              f"({wall:.2f}x)", highlight=False)
 
 
 if __name__ == "__main__":

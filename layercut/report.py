@@ -23,7 +23,7 @@ import html
 import json
 import math
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +35,9 @@ from layercut.errors import LayercutError
 from layercut.io import atomic_dir
 from layercut.regimes import Analysis, SeriesAnalysis
 from layercut.scoring import LayerScores
-from layercut.selection import select
+from layercut.probe import DamageProfile
+from layercut.selection import GUARD, select
+from layercut.sweep import HEAL_TAG
 
 REPORT_DIR = "report"
 DPI = 110
@@ -51,6 +53,9 @@ class Sweep:
     results: pd.DataFrame  # the tidy results table
     spec: dict[str, Any]  # sweep.json ({} when absent)
     scores: LayerScores | None  # scores.json, when present
+    # scores-<scope>.json beside it (e.g. text / image / all on a VLM), when present
+    scope_scores: dict[str, LayerScores] = field(default_factory=dict)
+    probe: DamageProfile | None = None  # probe.json (single-drop damage), when present
 
 
 @dataclass
@@ -98,7 +103,10 @@ def read_sweep(sweep_dir: str | Path) -> Sweep:
         except json.JSONDecodeError:
             raise LayercutError(f"'{path / 'sweep.json'}' is not valid JSON: re-run `layercut sweep`") from None
     scores = LayerScores.load(path / "scores.json") if (path / "scores.json").is_file() else None
-    return Sweep(path, results, spec, scores)
+    scope_scores = {p.stem[len("scores-"):]: LayerScores.load(p)
+                    for p in sorted(path.glob("scores-*.json"))}
+    probe = DamageProfile.load(path / "probe.json") if (path / "probe.json").is_file() else None
+    return Sweep(path, results, spec, scores, scope_scores, probe)
 
 
 # --------------------------------------------------------------------------- the document
@@ -208,6 +216,10 @@ def _document(sweep: Sweep, a: Analysis, figures: list[Figure]) -> list[tuple]:
             B.append(("table", ["k", "hybrid"] + list(parents) + ["better parent", "Δ", "within noise", "regime"],
                       rows))
 
+    if sweep.probe is not None:
+        B.extend(_guard_section(sweep, a))
+    B.extend(_heal_section(sweep, a))
+
     B.append(("h", 2, "Figures"))
     for f in figures:
         B.append(("fig", f))
@@ -224,6 +236,80 @@ def _document(sweep: Sweep, a: Analysis, figures: list[Figure]) -> list[tuple]:
                 for b in s.budget_stats]
         B.append(("table", ["k", "methods", "spread", "std", "rel. spread", "τ_b(k, next)", "leader(s)",
                             "near-best", "regime"], rows))
+    return B
+
+
+def _guard_section(sweep: Sweep, a: Analysis) -> list[tuple]:
+    """The probe's critical layers, and every guarded method against its unguarded self."""
+    probe = sweep.probe
+    B: list[tuple] = [("h", 2, "Critical-layer guard")]
+    damage = probe.damage("all")
+    cos_rank = {}
+    if sweep.scores is not None:
+        pooled = sweep.scores.combined().cosine
+        order = sorted(range(len(pooled)), key=lambda i: -pooled[i])  # rank 1 = most redundant by cosine
+        cos_rank = {i: order.index(i) + 1 for i in range(len(pooled))}
+    flagged = ", ".join(f"{i} (+{damage[i]:.3f} nats" + (f", cosine rank {cos_rank[i]}" if cos_rank else "") + ")"
+                        for i in probe.flagged) or "none"
+    B.append(("p", (f"Single-drop damage: each layer dropped alone, calibration NLL per domain (unpruned "
+                    f"{probe.baseline['all']:.3f} nats on all domains; {probe.seconds:.0f} s). Critical layers "
+                    f"({probe.rule}): **{flagged}**. A `+guard` method protects them before it chooses.")))
+    res = sweep.results[sweep.results.metric == a.primary_metric]
+    pairs = [m for m in res.method.unique() if m + GUARD in set(res.method)]
+    if not pairs:
+        return B
+    B.append(("p", (f"Guarded vs unguarded, {a.primary_metric} per task at every budget; Δ = guarded − "
+                    "unguarded, oriented so that positive means the guard helped.")))
+    for task in res.task.unique():
+        t = res[res.task == task]
+        higher = bool(t.higher_is_better.iloc[0])
+        rows = []
+        for k in sorted(t.budget.unique()):
+            row = [str(k)]
+            for m in pairs:
+                v = t[(t.method == m) & (t.budget == k)].value
+                g = t[(t.method == m + GUARD) & (t.budget == k)].value
+                if v.empty or g.empty:
+                    row.append("")
+                    continue
+                delta = (g.iloc[0] - v.iloc[0]) * (1 if higher else -1)
+                row.append(f"{v.iloc[0]:.4g} (same)" if delta == 0 else
+                           f"{v.iloc[0]:.4g} → {g.iloc[0]:.4g} ({delta:+.3g})")
+            rows.append(row)
+        B.append(("p", f"**{task}** ({'higher' if higher else 'lower'} is better)"))
+        B.append(("table", ["k"] + [f"{m} → {m}{GUARD}" for m in pairs], rows))
+    return B
+
+
+def _heal_section(sweep: Sweep, a: Analysis) -> list[tuple]:
+    """Healed cells (`--heal-steps`, task TASK+healN): does healing change who wins at each budget?"""
+    res = sweep.results[sweep.results.metric == a.primary_metric]
+    healed = [t for t in res.task.unique() if HEAL_TAG in t and t.split(HEAL_TAG)[0] in set(res.task)]
+    if not healed:
+        return []
+    steps = sweep.spec.get("heal_steps", "?")
+    B: list[tuple] = [("h", 2, "Before and after healing"),
+                      ("p", (f"Every cell was also evaluated after {steps} LoRA steps on the calibration data "
+                             "(`TASK+heal` series; their regimes are in the tables above). Winner: the best "
+                             f"method by {a.primary_metric} at each budget (ties listed together)."))]
+    for task in healed:
+        base = task.split(HEAL_TAG)[0]
+        rows, changed = [], 0
+        for k in sorted(res.budget.unique()):
+            cells = []
+            for t in (base, task):
+                x = res[(res.task == t) & (res.budget == k)]
+                if x.empty:
+                    cells.append(("", float("nan")))
+                    continue
+                best = x.value.max() if bool(x.higher_is_better.iloc[0]) else x.value.min()
+                cells.append((", ".join(sorted(x[x.value == best].method)), best))
+            same = cells[0][0] == cells[1][0]
+            changed += not same
+            rows.append([str(k), f"{cells[0][0]} ({cells[0][1]:.4g})", f"{cells[1][0]} ({cells[1][1]:.4g})",
+                         "" if same else "changed"])
+        B.append(("p", f"**{base}**: the winner changes at {changed} of {len(rows)} budgets after healing."))
+        B.append(("table", ["k", "winner before", "winner after healing", ""], rows))
     return B
 
 
@@ -318,6 +404,10 @@ def _figures(sweep: Sweep, a: Analysis, folder: Path) -> list[Figure]:
         figs.append(_plot_layer_scores(sweep.scores, _protect(sweep), folder))
         if any(d.block_samples for d in sweep.scores.domains.values()):
             figs.append(_plot_block_distance(sweep.scores, _protect(sweep), folder))
+    if sweep.scope_scores:
+        figs.append(_plot_scope_scores(sweep.scope_scores, _protect(sweep), folder))
+    if sweep.probe is not None:
+        figs.append(_plot_damage(sweep.probe, sweep.scores, folder))
     if "drop" in sweep.results.columns:
         fig = _plot_dropped(sweep, a, styles, folder)
         if fig is not None:
@@ -424,6 +514,69 @@ def _plot_layer_scores(scores: LayerScores, protect: list[int], folder: Path) ->
                   "(left), and 1 − cosine on a log scale (right). Domain methods drop the layers with the highest "
                   "cosine of their domain; where the domain curves cross, the domains disagree on which layers "
                   "are redundant. Grey columns: protected layers.")
+
+
+def _plot_scope_scores(by_scope: dict[str, LayerScores], protect: list[int], folder: Path) -> Figure:
+    """One panel per domain, one line per token scope (text / image / all ...)."""
+    domains = list(dict.fromkeys(d for sc in by_scope.values() for d in sc.domains))
+    fig, axes = _grid(len(domains), width=5.4, height=3.8, ncols=len(domains))
+    for ax, name in zip(axes, domains):
+        for scope, sc in by_scope.items():
+            if name not in sc.domains:
+                continue
+            cos = np.array(sc.domains[name].cosine)
+            ax.plot(np.arange(len(cos)), cos, marker="o", markersize=3, label=scope)
+        for p in protect:
+            ax.axvspan(p - 0.5, p + 0.5, color="#bbb", alpha=0.35, linewidth=0)
+        ax.set_title(f"domain {name}", fontsize=10)
+        ax.set_xlabel("decoder layer ℓ")
+        ax.set_ylabel("cosine(x_ℓ, y_ℓ)")
+        ax.grid(alpha=0.3)
+        ax.legend(title="token scope", fontsize=8)
+    fig.suptitle("per-layer scores by token scope (grey: protected layers)", fontsize=11)
+    _save(fig, folder / "layer_scores_scopes.png")
+    return Figure("layer_scores_scopes.png", "Per-layer scores by token scope",
+                  "Mean cosine of each decoder layer's input and output over the image tokens, the text "
+                  "tokens and all tokens of each calibration domain. Where the image and text curves part, "
+                  "a layer treats the two kinds of token differently, and a text-only calibration would "
+                  "rank it differently from one that sees the images.")
+
+
+def _plot_damage(probe: DamageProfile, scores: LayerScores | None, folder: Path) -> Figure:
+    from matplotlib.figure import Figure as MplFigure
+
+    fig = MplFigure(figsize=(12, 4.2), layout="constrained")
+    left, right = fig.subplots(1, 2)
+    layers = np.arange(probe.num_layers)
+    for name in probe.nll:
+        d = np.array([np.nan if v is None else v for v in probe.damage(name)], dtype=float)
+        left.plot(layers, d, marker="o", markersize=3, label=name)
+    for i in probe.flagged:
+        left.axvspan(i - 0.5, i + 0.5, color="#f6d2d2", alpha=0.8, linewidth=0)
+    left.set_yscale("symlog", linthresh=0.05)
+    left.set_ylabel("NLL rise when dropped alone (nats)")
+    left.set_title("single-drop damage (rose: critical layers)", fontsize=10)
+    left.legend(title="domain", fontsize=9)
+    if scores is not None:
+        for name, d in scores.domains.items():
+            right.plot(layers, np.clip(1.0 - np.array(d.cosine), 1e-6, None), marker="o", markersize=3, label=name)
+        for i in probe.flagged:
+            right.axvspan(i - 0.5, i + 0.5, color="#f6d2d2", alpha=0.8, linewidth=0)
+        right.set_yscale("log")
+        right.set_ylabel("1 − cosine (log scale)")
+        right.set_title("what the cosine scores say about the same layers", fontsize=10)
+        right.legend(title="domain", fontsize=9)
+    for ax in (left, right):
+        ax.set_xlabel("decoder layer ℓ")
+        ax.grid(alpha=0.3)
+        ax.set_xlim(-0.5, probe.num_layers - 0.5)
+    fig.suptitle(f"single-drop damage beside the cosine profile ({probe.model or 'model'})", fontsize=11)
+    _save(fig, folder / "damage.png")
+    return Figure("damage.png", "Single-drop damage beside the cosine scores",
+                  "Left: how much the calibration NLL rises when each layer alone is dropped, per domain "
+                  f"(symlog scale); rose columns: the critical layers ({probe.rule}). Right: 1 − cosine per "
+                  "domain for the same layers. A layer with ordinary cosine but high damage is one that cosine "
+                  "ranking would cut and should not.")
 
 
 def _plot_block_distance(scores: LayerScores, protect: list[int], folder: Path) -> Figure:
