@@ -60,7 +60,8 @@ def supports(prepared: Any) -> bool:
 
 
 class SharedWork:
-    """One prepared teacher-forced task on one model, ready to evaluate many drop sets."""
+    """Teacher-forced batches (a task's rows or calibration text) on one model, ready to evaluate
+    many drop sets; `for_task` and `for_calibration` build it."""
 
     def __init__(self, adapter: Any, batches: list[Any], finish: Callable[[list[tuple[float, int]]], dict],
                  cache_mem: int | str | None = None, mode: str = "trie") -> None:
