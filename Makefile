@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip install -q -c constraints.txt
 
-.PHONY: setup demo test test-fast bench
+.PHONY: setup demo demo-vlm test test-fast bench
 
 setup: $(VENV)/.installed
 
@@ -19,6 +19,9 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 
 demo: setup
 	$(VENV)/bin/layercut demo
+
+demo-vlm: setup
+	$(VENV)/bin/layercut demo --vlm
 
 test: setup
 	$(PY) -m pytest -q

@@ -6,7 +6,7 @@
     layercut.prune("smollm2-135m", "builtin:text", method="math", budget=6, out="runs/m/pruned")
 
 Models are a folder, a hub id or a zoo name; calibration sets a JSONL path, a list of samples, or
-`builtin:text|image|all[:N]` (N samples per domain, default 32).
+`builtin:text|image|all|vision[:N]` (N samples per domain, default 32).
 """
 
 from __future__ import annotations
@@ -54,8 +54,9 @@ def calibration(calib: str | Path | list[Sample], seed: int = 0) -> list[Sample]
 
         parts = calib.split(":")
         kind = parts[1] if len(parts) > 1 else "text"
-        if kind not in ("text", "image", "all"):
-            raise LayercutError(f"unknown built-in set '{calib}': use builtin:text, builtin:image or builtin:all")
+        if kind not in builtin.KINDS:
+            raise LayercutError(f"unknown built-in set '{calib}': use one of "
+                                + ", ".join(f"builtin:{k}" for k in builtin.KINDS))
         try:
             n = int(parts[2]) if len(parts) > 2 else 32
         except ValueError:

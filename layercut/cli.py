@@ -1,4 +1,4 @@
-"""The `layercut` command line: score, select, prune, calib, models, demo.
+"""The `layercut` command line: score, select, prune, heal, calib, models, demo.
 
 Every bad input becomes one line on stderr and exit code 2 (a `LayercutError`); outputs are
 written to a temporary sibling and renamed, so a failed command leaves nothing behind.
@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import time
 from pathlib import Path
 from typing import Optional
 
@@ -47,6 +48,12 @@ def _progress() -> Progress:
     )
 
 
+DEVICE_MAP_HELP = (
+    "Spread the model with accelerate: auto | balanced | a JSON file {module: GPU index | 'cpu' | 'disk'}."
+)
+MAX_TOKENS_HELP = "Pack length-sorted samples into batches of at most this many (padded) tokens, instead of --batch-size rows"
+
+
 def _ints(value: Optional[str], what: str) -> Optional[list[int]]:
     if value is None:
         return None
@@ -79,13 +86,22 @@ def score_with_progress(model, calib, **kwargs):
     from layercut import api
 
     samples = api.calibration(calib)  # a bad file fails before the model loads
-    adapter = api.load_model(model, kwargs.pop("dtype", "fp32"))
+    adapter = api.load_model(model, kwargs.pop("dtype", "fp32"), kwargs.pop("device_map", None),
+                             kwargs.pop("offload_folder", None))
+    start, tokens = time.perf_counter(), 0
+
+    def advance(batch) -> None:
+        nonlocal tokens
+        tokens += batch.tokens
+        rate = tokens / max(time.perf_counter() - start, 1e-9)
+        bar.update(task, advance=batch.samples, description=f"scoring {rate:,.0f} tokens/s")
+
     with _progress() as bar:
         task = bar.add_task("scoring", total=len(samples), unit="samples")
-        scores = api.score(
-            adapter, samples, progress=lambda b: bar.advance(task, b.samples), **kwargs
-        )
+        scores = api.score(adapter, samples, progress=advance, **kwargs)
     scores.meta["calibration"] = str(calib)
+    for line in scores.nonfinite_report():
+        console.print(f"[bold yellow]warning:[/bold yellow] {line}", highlight=False, soft_wrap=True)
     return adapter, scores
 
 
@@ -99,6 +115,9 @@ def score(
     batch_size: int = typer.Option(8, min=1),
     max_length: int = typer.Option(1024, min=8, help="Truncate samples to this many tokens."),
     dtype: str = typer.Option("fp32", help="fp32 | bf16 | fp16 (statistics are always fp32/fp64)."),
+    device_map: Optional[str] = typer.Option(None, help=DEVICE_MAP_HELP),
+    offload_folder: Optional[Path] = typer.Option(None, help="Folder for weights a device map puts on 'disk' (default: a temporary one)."),
+    max_tokens_per_batch: Optional[int] = typer.Option(None, min=1, help=MAX_TOKENS_HELP),
     overwrite: bool = typer.Option(False, help="Replace an existing output."),
 ) -> None:
     """Score every decoder layer per calibration domain in one streaming pass."""
@@ -113,13 +132,57 @@ def score(
             raise LayercutError(f"output '{path}' already exists: choose another --out or pass --overwrite")
     _, scores = score_with_progress(
         model, calib, scope=scope, block_tokens=block_tokens, batch_size=batch_size,
-        max_length=max_length, dtype=dtype,
+        max_length=max_length, dtype=dtype, device_map=device_map, offload_folder=offload_folder,
+        max_tokens_per_batch=max_tokens_per_batch,
     )
     with atomic_file(out, overwrite=overwrite) as tmp_json, atomic_file(csv, overwrite=overwrite) as tmp_csv:
         scores.save(tmp_json)
         scores.to_frame().to_csv(tmp_csv, index=False)
     out_console.print(scores_table(scores))
     console.print(f"wrote {out} and {csv}")
+
+
+def _guarded(method: str, guard: bool) -> str:
+    from layercut.selection import GUARD
+
+    return method + GUARD if guard and not method.endswith(GUARD) else method
+
+
+@app.command()
+def probe(
+    model: str = typer.Option(..., help="Model folder, hub id or built-in name."),
+    calib: str = typer.Option(..., help="Calibration JSONL or builtin:KIND[:N]."),
+    out: Path = typer.Option(..., help="Where to write probe.json."),
+    protect: str = typer.Option("none", help="Layers not to probe: 'none' (all the family allows), 'default' (first+last), or indices."),
+    batch_size: int = typer.Option(8, min=1),
+    max_length: int = typer.Option(512, min=8, help="Truncate samples to this many tokens."),
+    cache_mem: Optional[str] = typer.Option(None, help="Bound on cached hidden states (e.g. 2GiB)."),
+    overwrite: bool = typer.Option(False, help="Replace an existing output file."),
+    dtype: str = typer.Option("fp32", help="fp32 | bf16 | fp16."),
+    device_map: Optional[str] = typer.Option(None, help=DEVICE_MAP_HELP),
+) -> None:
+    """Single-drop damage profile: drop each layer alone, calibration NLL per domain; flags critical layers."""
+    from layercut import api
+    from layercut.probe import RULE
+
+    if out.exists() and not overwrite:
+        raise LayercutError(f"output '{out}' already exists: choose another --out or pass --overwrite")
+    with _progress() as bar:
+        task = bar.add_task("probe", total=None, unit="drops")
+        profile = api.probe(model, calib, protect=protect, batch_size=batch_size, max_length=max_length,
+                            cache_mem=cache_mem, dtype=dtype, device_map=device_map, progress=lambda done, total: bar.update(task, completed=done, total=total))
+    profile.save(out)
+    table = Table(title=f"Single-drop damage: calibration NLL rise (baseline {profile.baseline['all']:.3f})")
+    table.add_column("layer", justify="right")
+    for d in profile.nll:
+        table.add_column(f"{d}", justify="right")
+    table.add_column("critical")
+    for i in range(profile.num_layers):
+        cells = [("-" if v is None else f"{v:+.3f}") for v in (profile.damage(d)[i] for d in profile.nll)]
+        table.add_row(str(i), *cells, "yes" if i in profile.flagged else "")
+    out_console.print(table)
+    out_console.print(f"critical layers ({RULE}): {', '.join(map(str, profile.flagged)) or 'none'}")
+    console.print(f"wrote {out} in {profile.seconds:.0f} s")
 
 
 @app.command()
@@ -135,14 +198,16 @@ def select(
     model: Optional[str] = typer.Option(None, help="Model (needed by `iterative`)."),
     calib: Optional[str] = typer.Option(None, help="Calibration set (needed by `iterative`)."),
     out: Optional[Path] = typer.Option(None, help="Write the selection as JSON."),
+    probe: Optional[Path] = typer.Option(None, help="probe.json from `layercut probe` (for `damage` and --guard)."),
+    guard: bool = typer.Option(False, help="Protect the probe's critical layers first (method NAME+guard)."),
 ) -> None:
     """Print the ordered list of layers a method would drop."""
     from layercut import api
 
     options = {k: v for k, v in dict(domain=domain, min_gap=min_gap).items() if v is not None}
     sel = api.select(
-        str(scores) if scores else None, method, budget, protect=protect, model=model,
-        calib=calib, alpha=alpha, seed=seed, **options,
+        str(scores) if scores else None, _guarded(method, guard), budget, protect=protect, model=model,
+        calib=calib, alpha=alpha, seed=seed, probe=str(probe) if probe else None, **options,
     )
     if out is not None:
         from layercut.io import atomic_file
@@ -163,7 +228,13 @@ def prune(
     protect: str = typer.Option("default", help="'default' (first+last), 'none', or indices."),
     calib: Optional[str] = typer.Option(None, help="Calibration set (for `iterative`, or to score now)."),
     mergekit: bool = typer.Option(False, help="Also write the equivalent mergekit passthrough YAML."),
+    dtype: str = typer.Option("fp32", help="fp32 | bf16 | fp16: load (and save) in this dtype."),
+    device_map: Optional[str] = typer.Option(None, help=DEVICE_MAP_HELP),
+    offload_folder: Optional[Path] = typer.Option(None, help="Folder for weights a device map puts on 'disk' (default: a temporary one)."),
+    max_tokens_per_batch: Optional[int] = typer.Option(None, min=1, help=MAX_TOKENS_HELP + " (when scoring --calib now)"),
     overwrite: bool = typer.Option(False, help="Replace an existing output folder."),
+    probe: Optional[Path] = typer.Option(None, help="probe.json from `layercut probe` (for `damage` and --guard)."),
+    guard: bool = typer.Option(False, help="Protect the probe's critical layers first (method NAME+guard)."),
 ) -> None:
     """Drop layers, save model + processor + card, and verify the reload gives equal logits."""
     from layercut import api
@@ -176,15 +247,59 @@ def prune(
         raise LayercutError(f"output '{out}' already exists: choose another --out or pass --overwrite")
     with console.status("pruning, saving and verifying the reload"):
         recipe = api.prune(
-            model, calib, out=out, method=method or "math", budget=budget or 0,
+            model, calib, out=out, method=_guarded(method or "math", guard), budget=budget or 0,
+            probe=str(probe) if probe else None,
             scores=str(scores) if scores else None, drop=_ints(drop, "--drop"), protect=protect,
-            mergekit=mergekit, overwrite=overwrite,
+            mergekit=mergekit, overwrite=overwrite, dtype=dtype, device_map=device_map,
+            offload_folder=offload_folder, max_tokens_per_batch=max_tokens_per_batch,
         )
     v = recipe.verify
     out_console.print(
         f"dropped layers {recipe.drop} ({recipe.num_layers_before} → {len(recipe.kept)}), "
         f"parameters {recipe.parameters_before:,} → {recipe.parameters_after:,}; "
         f"reload verified (missing weights {v['missing_keys']}, max logit diff {v['max_abs_logit_diff']})"
+    )
+    console.print(f"wrote {out}")
+
+
+@app.command()
+def heal(
+    model: str = typer.Option(..., help="Pruned model folder (from `layercut prune`) or any model."),
+    out: Path = typer.Option(..., help="Folder for the healed model (must not exist)."),
+    data: Optional[str] = typer.Option(None, help="Healing JSONL or builtin:text[:N] (default: the calibration set recorded by `prune`)."),
+    steps: int = typer.Option(40, min=1, help="Optimizer steps."),
+    rank: int = typer.Option(8, min=1, help="LoRA rank."),
+    alpha: Optional[float] = typer.Option(None, help="LoRA alpha (default 2 x rank)."),
+    lr: float = typer.Option(5e-4, help="AdamW learning rate."),
+    batch_size: int = typer.Option(4, min=1),
+    max_length: int = typer.Option(256, min=8, help="Truncate samples to this many tokens."),
+    seed: int = typer.Option(0),
+    dtype: str = typer.Option("fp32", help="fp32 | bf16 | fp16 (LoRA weights train in fp32)."),
+    overwrite: bool = typer.Option(False, help="Replace an existing output folder."),
+) -> None:
+    """LoRA-heal the kept layers of a pruned model, merge, save, and verify the reload."""
+    from layercut.heal import heal_checkpoint
+
+    if out.exists() and not overwrite:
+        raise LayercutError(f"output '{out}' already exists: choose another --out or pass --overwrite")
+    bar = Progress(
+        TextColumn("{task.description}"), BarColumn(),
+        TextColumn("{task.completed}/{task.total} steps"), TextColumn("loss {task.fields[loss]}"),
+        TimeElapsedColumn(), TimeRemainingColumn(), console=console,
+    )
+    with bar:
+        task = bar.add_task("healing", total=steps, loss="-")
+        stats = heal_checkpoint(
+            model, out, data=data, steps=steps, rank=rank, alpha=alpha, lr=lr, seed=seed,
+            batch_size=batch_size, max_length=max_length, dtype=dtype, overwrite=overwrite,
+            progress=lambda step, loss: bar.update(task, completed=step, loss=f"{loss:.4f}"),
+        )
+    before = ", ".join(f"{k} {v:.4f}" for k, v in stats.calib_nll_before.items())
+    after = ", ".join(f"{k} {v:.4f}" for k, v in stats.calib_nll_after.items())
+    out_console.print(
+        f"healed {stats.layers} layers ({stats.trainable_parameters:,} LoRA parameters, merged) "
+        f"for {stats.steps} steps in {stats.seconds:.1f} s on {stats.data}; "
+        f"calibration NLL {before} → {after}; reload verified"
     )
     console.print(f"wrote {out}")
 
@@ -208,18 +323,30 @@ def sweep(
     workers: Optional[int] = typer.Option(None, help="Ray actors (each loads the model once)."),
     resume: bool = typer.Option(False, help="Continue a killed or extended sweep in --out."),
     report: bool = typer.Option(True, help="Write the report when done."),
+    engine: str = typer.Option("trie", help="Teacher-forced tasks: trie (shared layer prefixes) | prefix (unpruned prefix only) | plain (layer-skip views). Same numbers."),
+    cache_mem: Optional[str] = typer.Option(None, help="Bound on cached hidden states, e.g. 2GiB, 500MB or 0.25 of free RAM (default 0.5)."),
+    probe: Optional[Path] = typer.Option(None, help="probe.json from `layercut probe` (for `damage` and --guard; else probed from --calib)."),
+    guard: bool = typer.Option(False, help="Also run every method guarded (NAME+guard: the probe's critical layers protected)."),
+    heal_steps: int = typer.Option(0, min=0, help="Also evaluate every cell after N LoRA steps on --calib (task TASK+healN in the results)."),
+    dtype: str = typer.Option("fp32", help="fp32 | bf16 | fp16."),
+    device_map: Optional[str] = typer.Option(None, help=DEVICE_MAP_HELP),
 ) -> None:
     """Evaluate every method at every budget on every task; weights load once."""
+    from layercut.selection import GUARD
     from layercut.sweep import SweepSpec, parse_budgets, run_sweep
 
     options: dict = {"alpha": alpha}
     if hybrid_threshold is not None:
         options["hybrid_threshold"] = hybrid_threshold
+    names = [m.strip() for m in methods.split(",") if m.strip()]
+    if guard:
+        names += [m + GUARD for m in names if not m.endswith(GUARD) and m != "damage" and m + GUARD not in names]
     spec = SweepSpec(
-        model=model, methods=[m.strip() for m in methods.split(",") if m.strip()],
+        model=model, methods=names,
         budgets=parse_budgets(budgets), tasks=[t.strip() for t in tasks.split(",") if t.strip()],
         scores=str(scores) if scores else None, calib=calib, limit=limit, protect=protect, seed=seed,
-        batch_size=batch_size, options=options,
+        batch_size=batch_size, options=options, engine=engine, cache_mem=cache_mem,
+        probe=str(probe) if probe else None, heal_steps=heal_steps, dtype=dtype, device_map=device_map,
     )
     with _progress() as bar:
         task = bar.add_task("sweep", total=None, unit="evaluations")
@@ -371,12 +498,26 @@ def demo(
     sweep: bool = typer.Option(True, help="Also run a small sweep and write the regime report."),
     sweep_budgets: str = typer.Option("0:12:2", help="Budgets of the demo sweep."),
     sweep_limit: int = typer.Option(4, help="Documents per task in the demo sweep."),
+    vlm: bool = typer.Option(False, "--vlm", help="Instead: the math-vision vs general-vision experiment "
+                             "on the zoo's tiny-llava (scores by scope, every method x budgets 0..14, report)."),
+    vlm_limit: int = typer.Option(40, help="--vlm: held-out questions per task in the sweep."),
 ) -> None:
     """Score, select and prune the built-in default model, then sweep and report; offline, on CPU."""
     from layercut.demo import run_demo
 
+    if vlm:
+        from layercut.demo import run_vlm_demo
+
+        out = Path("runs/demo-vlm") if out == Path("runs/demo") else out
+        run_vlm_demo(out, console=out_console, progress=_progress, limit=vlm_limit)
+        return
     run_demo(out, budget=budget, n_per_domain=n, console=out_console, progress=_progress,
              sweep=sweep, sweep_budgets=sweep_budgets, sweep_limit=sweep_limit)
+
+
+from layercut.zoo_cli import zoo_app  # noqa: E402 (its commands import this module's console lazily)
+
+app.add_typer(zoo_app, name="zoo")
 
 
 def main() -> None:

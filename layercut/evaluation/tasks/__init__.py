@@ -20,7 +20,7 @@ this folder. Every field is described on `TaskSpec`.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -54,6 +54,9 @@ class TaskSpec:
     limit: int = 50  # documents evaluated by default
     image: bool = False  # documents carry an "image" path, encoded through the processor
     chat: bool = False  # render the prompt as a user turn with the chat template
+    # show every question the image of another question of the set (seeded derangement): the
+    # control for answers read off the question; `get_task("name:shuffled")` gives this variant
+    shuffle_images: bool = False
     path: str = ""  # the YAML file this spec was read from (for relative sources)
 
     def __post_init__(self) -> None:
@@ -80,6 +83,8 @@ class TaskSpec:
                                     "YAML (yes/no/on/off and numbers need quotes)")
         if self.fewshot and not self.fewshot_source:
             raise LayercutError(f"{where}: fewshot > 0 needs a fewshot_source")
+        if self.shuffle_images and not self.image:
+            raise LayercutError(f"{where}: shuffle_images needs an image task (image: true)")
         if self.fewshot and self.image:
             raise LayercutError(f"{where}: few-shot examples are text only: set fewshot: 0 for "
                                 "an image task")
@@ -90,14 +95,15 @@ class TaskSpec:
 
     def resolve(self, source: str) -> str:
         """A source as given: a built-in name, or a path made absolute against the YAML's folder."""
-        from layercut.evaluation.sources import SOURCES
+        from layercut.evaluation.sources import SHUFFLED, SOURCES
 
+        suffix = SHUFFLED if self.shuffle_images and source == self.source else ""
         if source in SOURCES:
-            return source
+            return source + suffix
         p = Path(source)
         if not p.is_absolute() and self.path:
             p = Path(self.path).parent / p
-        return str(p)
+        return str(p) + suffix
 
 
 def load_task(path: str | Path) -> TaskSpec:
@@ -144,10 +150,18 @@ def _builtin() -> dict[str, TaskSpec]:
 TASKS: dict[str, TaskSpec] = _builtin()
 
 
+SHUFFLED_SUFFIX = ":shuffled"
+
+
 def get_task(name: str | Path | TaskSpec) -> TaskSpec:
-    """A built-in task by name, or a task YAML file by path."""
+    """A built-in task by name, or a task YAML file by path; "<task>:shuffled" is the task with
+    every image swapped for another question's (`shuffle_images`)."""
     if isinstance(name, TaskSpec):
         return name
+    if str(name).endswith(SHUFFLED_SUFFIX):
+        base = get_task(str(name)[: -len(SHUFFLED_SUFFIX)])
+        return replace(base, name=f"{base.name}-shuffled", shuffle_images=True,
+                       description=f"{base.description} (images shuffled across questions)")
     if str(name) in TASKS:
         return TASKS[str(name)]
     if str(name).endswith((".yaml", ".yml")) or Path(name).is_file():
