@@ -129,14 +129,8 @@ def _sweep(out: Path, console: Console, progress: Callable[[], Any] | None, budg
             df = run_sweep(spec, out / "sweep", progress=lambda d, t: bar.update(task, completed=d, total=t))
     else:
         df = run_sweep(spec, out / "sweep")
-    table = df[df.task == "nll-math"].pivot_table(index="budget", columns="method", values="value")
-    grid = Table(title="nll-math (mean NLL of GSM8K gold solutions; lower is better)")
-    grid.add_column("budget", justify="right")
-    for m in table.columns:
-        grid.add_column(m, justify="right")
-    for k, row in table.iterrows():
-        grid.add_row(str(k), *[f"{v:.2f}" for v in row])
-    console.print(grid)
+    console.print(_budget_grid(df[df.task == "nll-math"],
+                               "nll-math (mean NLL of GSM8K gold solutions; lower is better)"))
     folder = write_report(out / "sweep")
     analysis = analyze(df)
     for s in analysis.domain_series():
@@ -221,15 +215,8 @@ def run_vlm_demo(
     t_sweep = time.perf_counter() - t1
     for task_name, label in (("math-vision", "math-vision choice accuracy"),
                              ("general-vision", "general-vision choice accuracy")):
-        table = df[(df.task == task_name) & (df.metric == "accuracy")].pivot_table(
-            index="budget", columns="method", values="value")
-        grid = Table(title=f"{label} ({limit} held-out questions; higher is better)")
-        grid.add_column("budget", justify="right")
-        for m in table.columns:
-            grid.add_column(m, justify="right")
-        for k, row in table.iterrows():
-            grid.add_row(str(k), *[f"{v:.2f}" for v in row])
-        console.print(grid)
+        console.print(_budget_grid(df[(df.task == task_name) & (df.metric == "accuracy")],
+                                   f"{label} ({limit} held-out questions; higher is better)"))
     folder = write_report(sweep_dir)
     analysis = analyze(df)
     for s in analysis.series:
@@ -241,3 +228,15 @@ def run_vlm_demo(
                   f"report: {folder / 'report.html'}")
     return {"scores": by_scope, "sweep": df, "analysis": analysis, "seconds": total,
             "seconds_scoring": t_score, "seconds_sweep": t_sweep}
+
+
+def _budget_grid(rows: Any, title: str) -> Table:
+    """One metric of a sweep as a budget x method table."""
+    table = rows.pivot_table(index="budget", columns="method", values="value")
+    grid = Table(title=title)
+    grid.add_column("budget", justify="right")
+    for m in table.columns:
+        grid.add_column(m, justify="right")
+    for k, row in table.iterrows():
+        grid.add_row(str(k), *[f"{v:.2f}" for v in row])
+    return grid
