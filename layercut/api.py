@@ -159,19 +159,39 @@ def protect_set(
 
 
 def calibration_loss_fn(
-    adapter: models.Adapter, samples: list[Sample], batch_size: int = 8, max_length: int = 512
+    adapter: models.Adapter, samples: list[Sample], batch_size: int = 8, max_length: int = 512,
+    engine: str = "trie", cache_mem: int | str | None = None,
 ) -> Callable[[list[int]], float]:
-    """loss(drop) = mean calibration NLL of the model viewed without `drop` (for `iterative`)."""
+    """loss(drop) = mean calibration NLL of the model viewed without `drop` (for `iterative`).
+
+    With engine "trie" (or "prefix") the returned function also has `many(drops)`, which
+    evaluates one greedy round's candidates at the cost of their distinct work (`SharedWork`):
+    each candidate shares the layers before it with the others. "plain" runs a layer-skip view
+    per drop set; both give the same numbers."""
     from layercut.data.encode import encode_batches
     from layercut.evaluation import token_nll
 
     batches = list(encode_batches(adapter, samples, batch_size=batch_size, max_length=max_length))
+    if engine == "plain":
+        def loss(drop: list[int]) -> float:
+            with surgery.skipped(adapter, drop):
+                return token_nll(adapter, batches)["all"]
 
-    def loss(drop: list[int]) -> float:
-        with surgery.skipped(adapter, drop):
-            return token_nll(adapter, batches)["all"]
+        return loss
+    from layercut.engine import SharedWork
 
-    return loss
+    work = SharedWork.for_calibration(adapter, batches, cache_mem=cache_mem, mode=engine)
+
+    def many(drops: list[list[int]]) -> list[float]:
+        got = {drop: metrics["all"] for drop, metrics, _ in work.run(drops)}
+        return [got[tuple(sorted(set(d)))] for d in drops]
+
+    def one(drop: list[int]) -> float:
+        return many([drop])[0]
+
+    one.many = many  # type: ignore[attr-defined]
+    one.engine = work  # type: ignore[attr-defined]  (its counters: layer_calls)
+    return one
 
 
 def select(

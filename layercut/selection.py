@@ -267,17 +267,16 @@ def _random(r: _Request) -> tuple[list[int], dict[str, Any]]:
 def _iterative(r: _Request) -> tuple[list[int], dict[str, Any]]:
     if r.loss_fn is None:
         raise LayercutError("method 'iterative' needs loss_fn(drop list) -> calibration loss: pass one")
+    # A loss_fn with `many(drops)` scores a whole round at once (api.calibration_loss_fn: shared work).
+    many = getattr(r.loss_fn, "many", None) or (lambda drops: [r.loss_fn(d) for d in drops])
     drop: list[int] = []
     losses: list[float] = []
     for _ in range(r.budget):
-        trials = []
-        for c in r.candidates:
-            if c in drop:
-                continue
-            loss = float(r.loss_fn(drop + [c]))
+        cands = [c for c in r.candidates if c not in drop]
+        trials = [(float(loss), c) for loss, c in zip(many([drop + [c] for c in cands]), cands)]
+        for loss, c in trials:
             if math.isnan(loss):
                 raise LayercutError(f"loss_fn returned nan for drop {drop + [c]}: check the calibration loss")
-            trials.append((loss, c))
         loss, best = min(trials)
         drop.append(best)
         losses.append(loss)

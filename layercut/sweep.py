@@ -134,7 +134,8 @@ def plan_selections(
         base = method.removesuffix(selection.GUARD)
         if base == "iterative":
             # Greedy and deterministic: the budget-k choice is the first k of the largest run.
-            loss_fn = api.calibration_loss_fn(adapter, api.calibration(spec.calib))
+            loss_fn = api.calibration_loss_fn(adapter, api.calibration(spec.calib), engine=spec.engine,
+                                              cache_mem=spec.cache_mem)
             top = max(spec.budgets)
             sel = selection.select(scores, method, top, num_layers=spec.num_layers, protect=protect,
                                    loss_fn=loss_fn, guard=options.get("guard"))

@@ -140,3 +140,20 @@ def test_sweep_engines_give_the_same_table(tiny_text_dir, tmp_path):
         a, b = tables[name], tables["plain"]
         pd.testing.assert_frame_equal(a.drop(columns=["value", "seconds"]), b.drop(columns=["value", "seconds"]))
         assert (a["value"] - b["value"]).abs().max() <= 1e-5
+
+
+@pytest.mark.parametrize("path", ["tiny_text_dir", "tiny_llava_dir"])
+def test_iterative_on_the_engine_picks_as_plain_views(path, request):
+    """`iterative` scores each greedy round's candidates through the engine (`loss_fn.many`):
+    same losses and the same picks as a plain layer-skip view per candidate, for less work."""
+    from layercut import api, selection
+
+    adapter = api.load_model(str(request.getfixturevalue(path)))
+    samples = api.calibration("builtin:all:2" if "llava" in path else "builtin:text:3")
+    fns = {e: api.calibration_loss_fn(adapter, samples, max_length=48, engine=e) for e in ("plain", "trie")}
+    assert not hasattr(fns["plain"], "many")
+    for drop in ([], [2], [1, 4]):
+        assert fns["trie"](drop) == pytest.approx(fns["plain"](drop), rel=1e-5, abs=1e-6)
+    picks = {e: selection.select(None, "iterative", 3, num_layers=LAYERS, loss_fn=f) for e, f in fns.items()}
+    assert picks["trie"].drop == picks["plain"].drop
+    assert picks["trie"].params["losses"] == pytest.approx(picks["plain"].params["losses"], rel=1e-5)
