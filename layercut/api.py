@@ -171,16 +171,20 @@ def calibration_loss_fn(
     from layercut.data.encode import encode_batches
     from layercut.evaluation import token_nll
 
-    batches = list(encode_batches(adapter, samples, batch_size=batch_size, max_length=max_length))
-    if engine == "plain":
-        def loss(drop: list[int]) -> float:
-            with surgery.skipped(adapter, drop):
-                return token_nll(adapter, batches)["all"]
-
-        return loss
     from layercut.engine import SharedWork
 
-    work = SharedWork.for_calibration(adapter, batches, cache_mem=cache_mem, mode=engine)
+    batches = list(encode_batches(adapter, samples, batch_size=batch_size, max_length=max_length))
+
+    def loss(drop: list[int]) -> float:
+        with surgery.skipped(adapter, drop):
+            return token_nll(adapter, batches)["all"]
+
+    if engine == "plain":
+        return loss
+    try:
+        work = SharedWork.for_calibration(adapter, batches, cache_mem=cache_mem, mode=engine)
+    except LayercutError:  # a model the engine cannot reproduce: the plain views, same numbers
+        return loss
 
     def many(drops: list[list[int]]) -> list[float]:
         got = {drop: metrics["all"] for drop, metrics, _ in work.run(drops)}

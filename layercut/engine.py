@@ -150,7 +150,7 @@ class SharedWork:
                                 "evaluate it with --engine plain")
         # The engine's own tail must give the model's logits, or its numbers would not be the model's.
         mine = self._head(state["last"], rows, cols)
-        if not torch.allclose(mine.float(), logits.float(), atol=1e-4, rtol=1e-4):
+        if mine.shape != logits.shape or not torch.allclose(mine.float(), logits.float(), atol=1e-4, rtol=1e-4):
             raise LayercutError(f"model '{self.adapter.source}': the final norm + LM head do not reproduce "
                                 "its logits; evaluate it with --engine plain")
         return state["root"], calls

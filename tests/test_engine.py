@@ -157,3 +157,20 @@ def test_iterative_on_the_engine_picks_as_plain_views(path, request):
     picks = {e: selection.select(None, "iterative", 3, num_layers=LAYERS, loss_fn=f) for e, f in fns.items()}
     assert picks["trie"].drop == picks["plain"].drop
     assert picks["trie"].params["losses"] == pytest.approx(picks["plain"].params["losses"], rel=1e-5)
+
+
+def test_iterative_falls_back_to_plain_views_where_the_engine_cannot_follow(tiny_text_dir, monkeypatch):
+    """A model whose own logits the engine's tail cannot reproduce still gets `iterative`."""
+    from layercut import api
+
+    adapter = api.load_model(str(tiny_text_dir))
+    monkeypatch.setattr(Adapter, "head", lambda self, hidden: torch.zeros(hidden.shape[0], 7))
+    fn = api.calibration_loss_fn(adapter, api.calibration("builtin:text:2"), max_length=32)
+    assert not hasattr(fn, "many")
+    with surgery.skipped(adapter, [2]), torch.no_grad():
+        from layercut.data.encode import encode_batches
+        from layercut.evaluation import token_nll
+
+        want = token_nll(adapter, list(encode_batches(adapter, api.calibration("builtin:text:2"),
+                                                      batch_size=8, max_length=32)))["all"]
+    assert fn([2]) == pytest.approx(want, rel=1e-6)
