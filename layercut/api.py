@@ -207,10 +207,12 @@ def select(
     model: str | models.Adapter | None = None,
     calib: str | Path | list[Sample] | None = None,
     probe: Any = None,
+    progress: Callable[[int, int], None] | None = None,
     **options: Any,
 ) -> selection.Selection:
     """Choose `budget` layers to drop. `iterative` also needs `model` and `calib`; `damage` and
-    guarded methods ('math+guard') a `probe` (a `probe.DamageProfile` or its JSON file)."""
+    guarded methods ('math+guard') a `probe` (a `probe.DamageProfile` or its JSON file).
+    `progress(done, total)` follows `iterative`'s candidate evaluations (it is the slow one)."""
     if isinstance(scores, (str, Path)):
         scores = LayerScores.load(scores)
     adapter = load_model(model) if model is not None else None
@@ -230,10 +232,12 @@ def select(
     if adapter is not None:
         family_protected = sorted(set(family_protected) | adapter.protected_layers())
     loss_fn = None
-    if method == "iterative":
+    if method.removesuffix(selection.GUARD) == "iterative":
         if adapter is None or calib is None:
             raise LayercutError("method 'iterative' re-measures the model: pass --model and --calib")
         loss_fn = calibration_loss_fn(adapter, calibration(calib))
+        if progress is not None:
+            loss_fn = _counted(loss_fn, progress, budget)
     if probe is not None:
         from layercut.probe import DamageProfile
 
@@ -249,6 +253,28 @@ def select(
         loss_fn=loss_fn,
         **options,
     )
+
+
+def _counted(loss_fn: Callable[[list[int]], float], progress: Callable[[int, int], None],
+             budget: int) -> Callable[[list[int]], float]:
+    """`loss_fn` reporting progress(done, total) over a greedy run's candidate evaluations: the
+    first round tries every candidate, each later round one fewer."""
+    state = {"done": 0, "total": 0}
+    inner = getattr(loss_fn, "many", None) or (lambda drops: [loss_fn(d) for d in drops])
+
+    def many(drops: list[list[int]]) -> list[float]:
+        if not state["total"]:
+            state["total"] = sum(max(len(drops) - r, 0) for r in range(budget))
+        out = inner(drops)
+        state["done"] += len(drops)
+        progress(state["done"], state["total"])
+        return out
+
+    def one(drop: list[int]) -> float:
+        return many([drop])[0]
+
+    one.many = many  # type: ignore[attr-defined]
+    return one
 
 
 def prune(

@@ -205,10 +205,13 @@ def select(
     from layercut import api
 
     options = {k: v for k, v in dict(domain=domain, min_gap=min_gap).items() if v is not None}
-    sel = api.select(
-        str(scores) if scores else None, _guarded(method, guard), budget, protect=protect, model=model,
-        calib=calib, alpha=alpha, seed=seed, probe=str(probe) if probe else None, **options,
-    )
+    with _progress() as bar:
+        task = bar.add_task(method, total=None, unit="candidate drop sets", visible=method.startswith("iterative"))
+        sel = api.select(
+            str(scores) if scores else None, _guarded(method, guard), budget, protect=protect, model=model,
+            calib=calib, alpha=alpha, seed=seed, probe=str(probe) if probe else None,
+            progress=lambda done, total: bar.update(task, completed=done, total=total), **options,
+        )
     if out is not None:
         from layercut.io import atomic_file
 

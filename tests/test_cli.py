@@ -176,3 +176,21 @@ def test_entry_point_exit_code(tmp_path):
                            "--budget", "1"], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2
     assert proc.stderr.strip().startswith("error:") and len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_iterative_reports_progress_and_takes_the_guard(tiny_text_dir, text_calib):
+    """`select(progress=)` counts every candidate evaluation of the greedy rounds; the guarded
+    form of `iterative` gets its loss too and never drops a guarded layer."""
+    from layercut import api
+
+    seen = []
+    sel = api.select(None, "iterative", 3, model=str(tiny_text_dir), calib=str(text_calib), protect="none",
+                     progress=lambda done, total: seen.append((done, total)))
+    assert seen == [(6, 15), (11, 15), (15, 15)]  # 6 layers: 6 + 5 + 4 candidates
+    from layercut.probe import DamageProfile
+
+    profile = DamageProfile(model="m", num_layers=6, baseline={"all": 1.0},
+                            nll={"all": [1.0] * 6}, protected=[], flagged=[sel.drop[0]])
+    guarded = api.select(None, "iterative+guard", 2, model=str(tiny_text_dir), calib=str(text_calib),
+                         protect="none", probe=profile)
+    assert sel.drop[0] not in guarded.drop and len(guarded.drop) == 2
