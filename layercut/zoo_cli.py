@@ -39,8 +39,8 @@ def list_() -> None:
     for col in ("name", "built", "description"):
         table.add_column(col)
     for name, e in zoo.ZOO.items():
-        built = (zoo.cache_dir() / name / "config.json").is_file()
-        table.add_row(name, "yes" if built else "", e.description)
+        built = {"built": "yes", "stale": "stale: rebuilt on next use", "missing": ""}[zoo.state(name)]
+        table.add_row(name, built, e.description)
     _console()[1].print(table)
 
 

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from layercut import tinyvlm, zoo
+from layercut.data import vision
 from layercut.errors import LayercutError
 
 
@@ -20,6 +21,31 @@ def test_zoo_lists_both_models_and_passes_other_names_through():
     out = subprocess.run([sys.executable, "-m", "layercut.cli", "zoo", "list"], capture_output=True,
                          text=True, check=True).stdout
     assert "tiny-llava" in out and "smollm2-135m" in out
+
+
+def test_a_build_from_other_sources_is_rebuilt(tmp_path, monkeypatch):
+    """A cached folder records what it was built from; when that changes (new committed weights,
+    another package version) the next use rebuilds it instead of using it stale."""
+    monkeypatch.setenv("LAYERCUT_CACHE", str(tmp_path))
+    builds, source = [], ["weights v1"]
+
+    def build(out: Path) -> None:
+        builds.append(source[0])
+        (out / "config.json").write_text(json.dumps({"built_from": source[0]}))
+
+    monkeypatch.setitem(zoo.ZOO, "fake", zoo.ZooEntry("fake", "a test entry", build, lambda: source[0]))
+    assert zoo.state("fake") == "missing"
+    path = Path(zoo.resolve("fake"))
+    assert zoo.resolve("fake") == str(path) and builds == ["weights v1"], "built once, then reused"
+    assert zoo.state("fake") == "built"
+    source[0] = "weights v2"
+    assert zoo.state("fake") == "stale"
+    zoo.resolve("fake")
+    assert builds == ["weights v1", "weights v2"]
+    assert json.loads((path / "config.json").read_text()) == {"built_from": "weights v2"}
+    (path / zoo.STAMP).unlink()  # a folder from before stamps existed
+    assert zoo.state("fake") == "stale"
+    assert zoo.ZOO["tiny-llava"].source() != zoo.ZOO["smollm2-135m"].source()
 
 
 def test_committed_weights_fit_the_budget_and_name_their_recipe():
@@ -116,10 +142,39 @@ def test_prune_and_reload_of_the_zoo_vlm_is_logits_equal(adapter, tmp_path):
 
 @pytest.mark.slow
 def test_twenty_trainer_steps_lower_the_loss(tmp_path):
+    from safetensors.torch import load_file
+
     cfg = tinyvlm.TrainConfig(stage1_steps=20, stage1_batch=8, stage2_steps=2, stage2_batch=2,
-                              threads=2, log_every=10)
+                              threads=1, log_every=10, eval_limit=2)
     log = tinyvlm.train(tmp_path, cfg, log=lambda s: None, evaluate=False)
     first, last = log["loss"]["stage1"][:5], log["loss"]["stage1"][-5:]
     assert sum(last) < sum(first)
     assert len(log["loss"]["stage2"]) == 2 and all(v == v for v in log["loss"]["stage2"])
-    assert (tmp_path / "tiny-llava.safetensors").is_file()
+    # the per-task stage-1 readout (image tokens alone, and the label heads) is logged
+    assert set(log["stage1_readout"]) == set(vision.TASK_FAMILY)
+    assert all(0 <= r["tokens"] <= 1 and 0 <= r["head"] <= 1 for r in log["stage1_readout"].values())
+    state = load_file(str(tmp_path / "tiny-llava.safetensors"))
+    assert all(k.startswith(("model.vision_tower.", "model.multi_modal_projector.", "model.language_model."))
+               for k in state)  # the stage-1 label heads are not shipped
+
+
+@pytest.mark.slow
+def test_stage_two_keeps_the_stage_one_vision_tower(tmp_path, monkeypatch):
+    """The tower is frozen in stage 2 (training it there undid stage 1 on the 2026-11-25 run)."""
+    seen = {}
+    real = tinyvlm.add_lora
+
+    def spy(model, seed):  # called between the stages
+        seen["before"] = {n: p.detach().clone() for n, p in model.named_parameters()
+                          if n.startswith("model.vision_tower.")}
+        return real(model, seed)
+
+    monkeypatch.setattr(tinyvlm, "add_lora", spy)
+    cfg = tinyvlm.TrainConfig(stage1_steps=2, stage1_batch=4, stage2_steps=2, stage2_batch=2,
+                              threads=1, log_every=10, eval_limit=1)
+    tinyvlm.train(tmp_path, cfg, log=lambda s: None, evaluate=False)
+    from safetensors.torch import load_file
+
+    state = load_file(str(tmp_path / "tiny-llava.safetensors"))
+    for n, before in seen["before"].items():
+        assert torch.equal(state[n], before.to(torch.float16)), n
