@@ -158,20 +158,30 @@ def protect_set(
     return chosen | set(family_protected)
 
 
+class BatchedLoss:
+    """A calibration loss, loss(drop) -> float, that also scores many drop sets in one call
+    (`many`): `iterative` hands it each greedy round whole."""
+
+    def __init__(self, many: Callable[[list[list[int]]], list[float]], engine: Any = None) -> None:
+        self.many, self.engine = many, engine  # engine: the SharedWork behind it (its counters)
+
+    def __call__(self, drop: list[int]) -> float:
+        return self.many([drop])[0]
+
+
 def calibration_loss_fn(
     adapter: models.Adapter, samples: list[Sample], batch_size: int = 8, max_length: int = 512,
     engine: str = "trie", cache_mem: int | str | None = None,
 ) -> Callable[[list[int]], float]:
     """loss(drop) = mean calibration NLL of the model viewed without `drop` (for `iterative`).
 
-    With engine "trie" (or "prefix") the returned function also has `many(drops)`, which
-    evaluates one greedy round's candidates at the cost of their distinct work (`SharedWork`):
-    each candidate shares the layers before it with the others. "plain" runs a layer-skip view
-    per drop set; both give the same numbers."""
+    With engine "trie" (or "prefix") it is a `BatchedLoss` whose `many(drops)` evaluates one
+    greedy round's candidates at the cost of their distinct work (`SharedWork`): each candidate
+    shares the layers before it with the others. "plain" runs a layer-skip view per drop set;
+    both give the same numbers."""
     from layercut.data.encode import encode_batches
-    from layercut.evaluation import token_nll
-
     from layercut.engine import SharedWork
+    from layercut.evaluation import token_nll
 
     batches = list(encode_batches(adapter, samples, batch_size=batch_size, max_length=max_length))
 
@@ -190,12 +200,7 @@ def calibration_loss_fn(
         got = {drop: metrics["all"] for drop, metrics, _ in work.run(drops)}
         return [got[tuple(sorted(set(d)))] for d in drops]
 
-    def one(drop: list[int]) -> float:
-        return many([drop])[0]
-
-    one.many = many  # type: ignore[attr-defined]
-    one.engine = work  # type: ignore[attr-defined]  (its counters: layer_calls)
-    return one
+    return BatchedLoss(many, work)
 
 
 def select(
@@ -256,7 +261,7 @@ def select(
 
 
 def _counted(loss_fn: Callable[[list[int]], float], progress: Callable[[int, int], None],
-             budget: int) -> Callable[[list[int]], float]:
+             budget: int) -> BatchedLoss:
     """`loss_fn` reporting progress(done, total) over a greedy run's candidate evaluations: the
     first round tries every candidate, each later round one fewer."""
     state = {"done": 0, "total": 0}
@@ -270,11 +275,7 @@ def _counted(loss_fn: Callable[[list[int]], float], progress: Callable[[int, int
         progress(state["done"], state["total"])
         return out
 
-    def one(drop: list[int]) -> float:
-        return many([drop])[0]
-
-    one.many = many  # type: ignore[attr-defined]
-    return one
+    return BatchedLoss(many, getattr(loss_fn, "engine", None))
 
 
 def prune(
