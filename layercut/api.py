@@ -162,7 +162,7 @@ class BatchedLoss:
     """A calibration loss, loss(drop) -> float, that also scores many drop sets in one call
     (`many`): `iterative` hands it each greedy round whole."""
 
-    def __init__(self, many: Callable[[list[list[int]]], list[float]], engine: Any = None) -> None:
+    def __init__(self, many: Callable[[list[list[int]]], list[float]], engine: Any) -> None:
         self.many, self.engine = many, engine  # engine: the SharedWork behind it (its counters)
 
     def __call__(self, drop: list[int]) -> float:
@@ -241,8 +241,6 @@ def select(
         if adapter is None or calib is None:
             raise LayercutError("method 'iterative' re-measures the model: pass --model and --calib")
         loss_fn = calibration_loss_fn(adapter, calibration(calib))
-        if progress is not None:
-            loss_fn = _counted(loss_fn, progress, budget)
     if probe is not None:
         from layercut.probe import DamageProfile
 
@@ -256,26 +254,9 @@ def select(
         num_layers=num_layers,
         protect=protect_set(num_layers, protect, family_protected),
         loss_fn=loss_fn,
+        progress=progress,
         **options,
     )
-
-
-def _counted(loss_fn: Callable[[list[int]], float], progress: Callable[[int, int], None],
-             budget: int) -> BatchedLoss:
-    """`loss_fn` reporting progress(done, total) over a greedy run's candidate evaluations: the
-    first round tries every candidate, each later round one fewer."""
-    state = {"done": 0, "total": 0}
-    inner = getattr(loss_fn, "many", None) or (lambda drops: [loss_fn(d) for d in drops])
-
-    def many(drops: list[list[int]]) -> list[float]:
-        if not state["total"]:
-            state["total"] = sum(max(len(drops) - r, 0) for r in range(budget))
-        out = inner(drops)
-        state["done"] += len(drops)
-        progress(state["done"], state["total"])
-        return out
-
-    return BatchedLoss(many, getattr(loss_fn, "engine", None))
 
 
 def prune(

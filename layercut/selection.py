@@ -85,13 +85,15 @@ def select(
     threshold: int | None = None,
     damage: Sequence[float | None] | None = None,
     guard: Iterable[int] | None = None,
+    progress: Callable[[int, int], None] | None = None,
 ) -> Selection:
     """Choose `budget` layers to drop with `method` (a name in METHODS or a domain in the scores).
 
     `protect` replaces the default {0, L-1}; build it with `default_protect` to add to it.
     `damage`: single-drop NLL increase per layer (`probe.DamageProfile.damage`), for `damage`.
     A method name ending in GUARD ('math+guard') also protects the `guard` layers (the probe's
-    flagged critical layers) before choosing.
+    flagged critical layers) before choosing. `progress(done, total)` follows `iterative`'s
+    candidate evaluations (the slow method).
     Budget 0 is the unpruned baseline: an empty drop for every method, without consulting its own
     inputs (domain, block distances, loss_fn).
     """
@@ -120,7 +122,7 @@ def select(
     if damage is not None and len(damage) != L:
         raise LayercutError(f"the probe is for {len(damage)} layers, not {L}: probe this model")
     request = _Request(scores, budget, L, frozenset(protected), domain, alpha, min_gap, seed, loss_fn,
-                       threshold, damage)
+                       threshold, damage, progress)
     drop, params = entry.run(request) if budget else ([], {})
     return Selection(method, budget, drop, L, sorted(protected), params)
 
@@ -145,6 +147,7 @@ class _Request:
     loss_fn: Callable[[list[int]], float] | None
     threshold: int | None = None  # hybrid: first budget that is spacing-constrained
     damage: Sequence[float | None] | None = None  # damage: single-drop NLL increase per layer
+    progress: Callable[[int, int], None] | None = None  # iterative: (candidates evaluated, total)
 
     @property
     def candidates(self) -> list[int]:
@@ -271,9 +274,14 @@ def _iterative(r: _Request) -> tuple[list[int], dict[str, Any]]:
     many = getattr(r.loss_fn, "many", None) or (lambda drops: [r.loss_fn(d) for d in drops])
     drop: list[int] = []
     losses: list[float] = []
+    n = len(r.candidates)
+    total, done = sum(n - k for k in range(r.budget)), 0
     for _ in range(r.budget):
         cands = [c for c in r.candidates if c not in drop]
         trials = [(float(loss), c) for loss, c in zip(many([drop + [c] for c in cands]), cands)]
+        done += len(cands)
+        if r.progress:
+            r.progress(done, total)
         for loss, c in trials:
             if math.isnan(loss):
                 raise LayercutError(f"loss_fn returned nan for drop {drop + [c]}: check the calibration loss")
