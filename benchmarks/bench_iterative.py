@@ -3,7 +3,7 @@ shared-work engine, on the default model, picks compared.
 
 Each greedy round tries every remaining layer: round r evaluates ~L - r drop sets on the
 calibration set. With a plain layer-skip view each candidate is a full forward. Through
-`engine.SharedWork` (`api.calibration_loss_fn(..., engine="trie")`, what `layercut select` and
+`engine.SharedWork` (`engine.calibration_loss_fn(..., engine="trie")`, what `layercut select` and
 `sweep` use) the round's candidates are one trie: a candidate c shares every layer before c with
 the candidates after it, so a round costs about half the layer work, and the unpruned pass that
 captures the layer inputs is done once for all rounds. The LM head still runs at every
@@ -24,6 +24,7 @@ import time
 import torch
 
 from layercut import api, selection
+from layercut.engine import calibration_loss_fn
 
 MODEL = "smollm2-135m"
 
@@ -47,7 +48,7 @@ def main() -> None:
     results = {}
     for way in ("plain", "trie"):
         t = time.process_time()
-        fn = api.calibration_loss_fn(adapter, samples, max_length=args.max_length, engine=way)
+        fn = calibration_loss_fn(adapter, samples, max_length=args.max_length, engine=way)
         sel = selection.select(None, "iterative", args.budget, num_layers=L, protect=protect, loss_fn=fn)
         cpu = time.process_time() - t
         passes = fn.engine.layer_calls // len(fn.engine.batches) if way == "trie" else plain_passes

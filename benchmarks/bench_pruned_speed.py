@@ -34,7 +34,7 @@ import time
 import torch
 from transformers import LogitsProcessor, LogitsProcessorList
 
-from layercut.models import load
+from layercut.api import load_model
 from layercut.selection import select
 from layercut.surgery import skipped
 
@@ -78,7 +78,7 @@ def main():
     args = p.parse_args()
     torch.set_num_threads(args.threads)
 
-    adapter = load(MODEL)
+    adapter = load_model(MODEL)
     L = adapter.num_layers
     n = args.new_tokens
     budgets = [int(k) for k in args.budgets.split(",")]

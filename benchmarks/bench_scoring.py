@@ -64,7 +64,7 @@ import torch.nn.functional as F
 
 from layercut.data.builtin import build_samples
 from layercut.data.encode import encode_batches
-from layercut.models import load
+from layercut.api import load_model
 from layercut.scoring import score
 
 MODEL = "smollm2-135m"
@@ -112,7 +112,7 @@ RUN = {"a": plain, "b": streaming, "c": hidden_states}
 
 def setup(args):
     torch.set_num_threads(args.threads)
-    adapter = load(MODEL)
+    adapter = load_model(MODEL)
     samples = build_samples("text", n_per_domain=args.per_domain, seed=0, split="calib")
     batches = list(encode_batches(adapter, samples, args.batch_size, args.max_length))
     return adapter, batches

@@ -68,10 +68,9 @@ def run_way(args: argparse.Namespace) -> dict:
     """One way in this process: {cell: {metric: value}}, wall, cpu, peak memory."""
     from layercut import api
     from layercut.evaluation import HIGHER_IS_BETTER, evaluate, prepare
-    from layercut.models import load
     from layercut.scoring import LayerScores
     from layercut.surgery import drop_layers
-    from layercut.sweep import SweepSpec, parse_budgets, run_sweep
+    from layercut.sweep import SweepSpec, parse_budgets
 
     torch.set_num_threads(args.threads)
     methods, budgets = args.methods.split(","), parse_budgets(args.budgets)
@@ -81,7 +80,7 @@ def run_way(args: argparse.Namespace) -> dict:
     if args.way != "reload":
         spec = SweepSpec(model=MODEL, methods=methods, budgets=budgets, tasks=[args.task],
                          scores=args.scores, limit=args.limit, batch_size=args.batch_size, engine=args.way)
-        df = run_sweep(spec, tmp / f"sweep-{args.way}")
+        df = api.sweep(spec, tmp / f"sweep-{args.way}")
         wall, cpu = since(t)
         for r in df.itertuples():
             metrics.setdefault(f"{r.method}|{r.budget}", {})[r.metric] = float(r.value)
@@ -92,11 +91,11 @@ def run_way(args: argparse.Namespace) -> dict:
             for k in budgets:
                 drop = api.select(scores, m, k).drop
                 ckpt = tmp / f"ckpt-{m}-{k}"
-                adapter = load(MODEL)
+                adapter = api.load_model(MODEL)
                 drop_layers(adapter, drop)
                 adapter.model.save_pretrained(ckpt)
                 adapter.processor.save_pretrained(ckpt)
-                fresh = load(str(ckpt))
+                fresh = api.load_model(str(ckpt))
                 out = evaluate(fresh, prepare(args.task, fresh, limit=args.limit), batch_size=args.batch_size)
                 metrics[f"{m}|{k}"] = {k2: float(v) for k2, v in out.items() if k2 in HIGHER_IS_BETTER}
                 del adapter, fresh

@@ -1,30 +1,33 @@
 """The Python API: each stage as one call, and `prune` as the one call for the common case.
 
-    import layercut
-    scores = layercut.score("smollm2-135m", "builtin:text")
-    sel = layercut.select(scores, "math", budget=6)
-    layercut.prune("smollm2-135m", "builtin:text", method="math", budget=6, out="runs/m/pruned")
+    import layercut.api as lc
+    scores = lc.score("smollm2-135m", "builtin:text")
+    sel = lc.select(scores, "math", budget=6)
+    lc.prune("smollm2-135m", "builtin:text", method="math", budget=6, out="runs/m/pruned")
 
-Models are a folder, a hub id or a zoo name; calibration sets a JSONL path, a list of samples, or
+Models are a folder, a hub id or a zoo name (resolved here: the stages below take folders and
+loaded models); calibration sets a JSONL path, a list of samples, or
 `builtin:text|image|all|vision[:N]` (N samples per domain, default 32).
 """
 
 from __future__ import annotations
 
-import atexit
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
-import torch
-
-from layercut import models, selection, surgery
-from layercut.data import Sample, load_calib
+from layercut import models, selection, surgery, zoo
+from layercut.data import Sample
+from layercut.data.calibration import calibration
 from layercut.errors import LayercutError
 from layercut.scoring import LayerScores
 
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+__all__ = ["calibration", "heal", "load_model", "probe", "prune", "resolve_model", "score", "select",
+           "sweep"]
+
+
+def resolve_model(model: str) -> str:
+    """A zoo name becomes its cached folder (built on first use); a folder or hub id passes."""
+    return zoo.resolve(model)
 
 
 def load_model(
@@ -37,37 +40,8 @@ def load_model(
     device map ("auto", "balanced", a JSON file or a dict; "disk" entries go to `offload_folder`)."""
     if isinstance(model, models.Adapter):
         return model
-    if dtype not in DTYPES:
-        raise LayercutError(f"unknown dtype '{dtype}': use one of {', '.join(DTYPES)}")
-    return models.load(model, DTYPES[dtype], device_map=device_map, offload_folder=offload_folder)
-
-
-def calibration(calib: str | Path | list[Sample], seed: int = 0) -> list[Sample]:
-    """Samples from a JSONL file, a list, or a built-in set named `builtin:KIND[:N]`."""
-    if isinstance(calib, list):
-        if not calib:
-            raise LayercutError("the calibration set is empty: give at least one sample")
-        return calib
-    calib = str(calib)
-    if calib.startswith("builtin:"):
-        from layercut.data import builtin
-
-        parts = calib.split(":")
-        kind = parts[1] if len(parts) > 1 else "text"
-        if kind not in builtin.KINDS:
-            raise LayercutError(f"unknown built-in set '{calib}': use one of "
-                                + ", ".join(f"builtin:{k}" for k in builtin.KINDS))
-        try:
-            n = int(parts[2]) if len(parts) > 2 else 32
-        except ValueError:
-            raise LayercutError(f"'{calib}': the count after the kind must be a whole number") from None
-        image_dir = None
-        if kind != "text":
-            # The rendered images must outlive this call (they are encoded later); gone at exit.
-            image_dir = Path(tempfile.mkdtemp(prefix="layercut-calib-"))
-            atexit.register(shutil.rmtree, image_dir, ignore_errors=True)
-        return builtin.build_samples(kind=kind, n_per_domain=n, seed=seed, split="calib", image_dir=image_dir)
-    return load_calib(calib)
+    return models.load_model(resolve_model(model), dtype, device_map, offload_folder, source=model,
+                             hint=f"a cached hub id, or a built-in name ({', '.join(zoo.names())})")
 
 
 def score(
@@ -95,20 +69,9 @@ def score(
     samples = calibration(calib)
     batches = encode_batches(adapter, samples, batch_size=batch_size, max_length=max_length,
                              max_tokens=max_tokens_per_batch)
-    scores = score_pass(adapter, batches, scope=scope, block_tokens=block_tokens, progress=progress)
-    scores.meta.update(
-        {
-            "family": adapter.family.name,
-            "family_protected": sorted(adapter.protected_layers()),
-            "calibration": str(calib) if not isinstance(calib, list) else "in-memory",
-            "samples": {d: s.samples for d, s in scores.domains.items()},
-            "dtype": {v: k for k, v in DTYPES.items()}.get(adapter.dtype, str(adapter.dtype)),
-            "max_length": max_length,
-        }
-    )
-    if adapter.device_map:
-        scores.meta["device_map"] = {k: str(v) for k, v in adapter.device_map.items()}
-    return scores
+    name = str(calib) if not isinstance(calib, list) else "in-memory"
+    return score_pass(adapter, batches, scope=scope, block_tokens=block_tokens, progress=progress,
+                      meta={"calibration": name, "max_length": max_length})
 
 
 def probe(
@@ -126,81 +89,11 @@ def probe(
 ) -> Any:
     """The single-drop damage profile (`probe.DamageProfile`): each layer outside `protect`
     (default: every layer the family allows) dropped alone, calibration NLL per domain."""
-    from layercut.data.encode import encode_batches
-    from layercut.probe import probe as probe_pass
+    from layercut.probe import probe_samples
 
     adapter = load_model(model, dtype, device_map, offload_folder)
-    batches = list(encode_batches(adapter, calibration(calib), batch_size=batch_size, max_length=max_length))
-    never = protect_set(adapter.num_layers, protect, adapter.protected_layers())
-    profile = probe_pass(adapter, batches, never, cache_mem=cache_mem, progress=progress)
-    profile.model = str(model) if not isinstance(model, models.Adapter) else model.source
-    return profile
-
-
-def protect_set(
-    num_layers: int, protect: str | Iterable[int] | None, family_protected: Iterable[int] = ()
-) -> set[int]:
-    """The user's protected layers ("default" = first and last, "none", or indices) plus the family's."""
-    if protect is None or protect == "default":
-        chosen = selection.default_protect(num_layers)
-    elif protect == "none":
-        chosen = set()
-    elif isinstance(protect, str):
-        try:
-            chosen = {int(x) for x in protect.split(",") if x.strip()}
-        except ValueError:
-            raise LayercutError(f"--protect '{protect}': give layer indices like 0,29, or 'default' or 'none'") from None
-    else:
-        chosen = {int(x) for x in protect}
-    bad = [i for i in chosen if not 0 <= i < num_layers]
-    if bad:
-        raise LayercutError(f"protected layer {bad[0]} does not exist (layers 0..{num_layers - 1}): fix --protect")
-    return chosen | set(family_protected)
-
-
-class BatchedLoss:
-    """A calibration loss, loss(drop) -> float, that also scores many drop sets in one call
-    (`many`): `iterative` hands it each greedy round whole."""
-
-    def __init__(self, many: Callable[[list[list[int]]], list[float]], engine: Any) -> None:
-        self.many, self.engine = many, engine  # engine: the SharedWork behind it (its counters)
-
-    def __call__(self, drop: list[int]) -> float:
-        return self.many([drop])[0]
-
-
-def calibration_loss_fn(
-    adapter: models.Adapter, samples: list[Sample], batch_size: int = 8, max_length: int = 512,
-    engine: str = "trie", cache_mem: int | str | None = None,
-) -> Callable[[list[int]], float]:
-    """loss(drop) = mean calibration NLL of the model viewed without `drop` (for `iterative`).
-
-    With engine "trie" (or "prefix") it is a `BatchedLoss` whose `many(drops)` evaluates one
-    greedy round's candidates at the cost of their distinct work (`SharedWork`): each candidate
-    shares the layers before it with the others. "plain" runs a layer-skip view per drop set;
-    both give the same numbers."""
-    from layercut.data.encode import encode_batches
-    from layercut.engine import SharedWork
-    from layercut.evaluation import token_nll
-
-    batches = list(encode_batches(adapter, samples, batch_size=batch_size, max_length=max_length))
-
-    def loss(drop: list[int]) -> float:
-        with surgery.skipped(adapter, drop):
-            return token_nll(adapter, batches)["all"]
-
-    if engine == "plain":
-        return loss
-    try:
-        work = SharedWork.for_calibration(adapter, batches, cache_mem=cache_mem, mode=engine)
-    except LayercutError:  # a model the engine cannot reproduce: the plain views, same numbers
-        return loss
-
-    def many(drops: list[list[int]]) -> list[float]:
-        got = {drop: metrics["all"] for drop, metrics, _ in work.run(drops)}
-        return [got[tuple(sorted(set(d)))] for d in drops]
-
-    return BatchedLoss(many, work)
+    return probe_samples(adapter, calibration(calib), protect=protect, batch_size=batch_size,
+                         max_length=max_length, cache_mem=cache_mem, progress=progress)
 
 
 def select(
@@ -240,6 +133,8 @@ def select(
     if method.removesuffix(selection.GUARD) == "iterative":
         if adapter is None or calib is None:
             raise LayercutError("method 'iterative' re-measures the model: pass --model and --calib")
+        from layercut.engine import calibration_loss_fn
+
         loss_fn = calibration_loss_fn(adapter, calibration(calib))
     if probe is not None:
         from layercut.probe import DamageProfile
@@ -252,7 +147,7 @@ def select(
         method,
         budget,
         num_layers=num_layers,
-        protect=protect_set(num_layers, protect, family_protected),
+        protect=selection.protect_set(num_layers, protect, family_protected),
         loss_fn=loss_fn,
         progress=progress,
         **options,
@@ -280,9 +175,9 @@ def prune(
     """Score (unless `scores` or `drop` is given), select, drop, save and verify, in one call.
 
     A model loaded through a device map is pruned where it lies and saved as a normal checkpoint."""
-    out = Path(out)
-    if out.exists() and not overwrite:
-        raise LayercutError(f"output '{out}' already exists: choose another --out or pass --overwrite")
+    from layercut.io import check_out
+
+    out = check_out(out, overwrite)
     adapter = load_model(model, dtype, device_map, offload_folder)
     scores_file = scores if isinstance(scores, (str, Path)) else None
     params: dict[str, Any] = {}
@@ -302,7 +197,7 @@ def prune(
         adapter,
         drop,
         out,
-        protect=protect_set(adapter.num_layers, protect, family),
+        protect=selection.protect_set(adapter.num_layers, protect, family),
         method=method,
         budget=budget,
         params=params,
@@ -326,3 +221,28 @@ def _calibration_name(calib: Any, scores: Any) -> str | None:
         return None
     name = str(name)
     return str(Path(name).absolute()) if Path(name).is_file() else name
+
+
+def sweep(
+    spec: Any,
+    out: str | Path,
+    *,
+    resume: bool = False,
+    executor: str = "local",
+    workers: int | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> Any:
+    """Run (or resume) a `sweep.SweepSpec` into `out` and return the tidy results table; the
+    spec's model may be a zoo name (its folder is what every worker loads)."""
+    from layercut.sweep import run_sweep
+
+    return run_sweep(spec, out, model_path=resolve_model(spec.model), resume=resume, executor=executor,
+                     workers=workers, progress=progress)
+
+
+def heal(model: str, out: str | Path, **options: Any) -> Any:
+    """`heal.heal_checkpoint` (LoRA-heal, merge, save, verify) on a folder, hub id or zoo name;
+    returns its `HealStats`."""
+    from layercut.heal import heal_checkpoint
+
+    return heal_checkpoint(resolve_model(model), out, source=model, **options)

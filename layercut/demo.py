@@ -47,13 +47,13 @@ def run_demo(
 ) -> dict[str, Any]:
     """Run the demo into `out` (replaced) and return what it measured."""
     from layercut import api, models, zoo
-    from layercut.cli import scores_table, score_with_progress
+    from layercut.cli.ui import score_with_progress, scores_table
 
     console = console or Console()
     t0 = time.perf_counter()
     console.rule("[bold]layercut demo")
     console.print(f"model: [bold]{zoo.DEFAULT_MODEL}[/bold] (built once into {zoo.cache_dir()})")
-    adapter = models.load(zoo.DEFAULT_MODEL)
+    adapter = api.load_model(zoo.DEFAULT_MODEL)
     L = adapter.num_layers
     params_before = models.parameter_count(adapter.model)
     console.print(f"loaded {adapter.family.name} with {L} decoder layers, {params_before:,} parameters")
@@ -112,10 +112,10 @@ def run_demo(
 
 def _sweep(out: Path, console: Console, progress: Callable[[], Any] | None, budgets: str, limit: int) -> dict[str, Any]:
     """A small methods x budgets sweep on teacher-forced NLL, then the regime report."""
-    from layercut import zoo
+    from layercut import api, zoo
     from layercut.regimes import analyze
     from layercut.report import write_report
-    from layercut.sweep import SweepSpec, parse_budgets, run_sweep
+    from layercut.sweep import SweepSpec, parse_budgets
 
     t0 = time.perf_counter()
     spec = SweepSpec(
@@ -126,9 +126,9 @@ def _sweep(out: Path, console: Console, progress: Callable[[], Any] | None, budg
     if progress is not None:
         with progress() as bar:
             task = bar.add_task("sweep", total=None, unit="evaluations")
-            df = run_sweep(spec, out / "sweep", progress=lambda d, t: bar.update(task, completed=d, total=t))
+            df = api.sweep(spec, out / "sweep", progress=lambda d, t: bar.update(task, completed=d, total=t))
     else:
-        df = run_sweep(spec, out / "sweep")
+        df = api.sweep(spec, out / "sweep")
     console.print(_budget_grid(df[df.task == "nll-math"],
                                "nll-math (mean NLL of GSM8K gold solutions; lower is better)"))
     folder = write_report(out / "sweep")
@@ -163,11 +163,11 @@ def run_vlm_demo(
     sweep every method x budget on both families (choice accuracy and gold-answer NLL, `limit`
     questions per task), and write the regime report. `out` is replaced."""
     from layercut import api, models
-    from layercut.cli import score_with_progress, scores_table
+    from layercut.cli.ui import score_with_progress, scores_table
     from layercut.data import builtin
     from layercut.regimes import analyze
     from layercut.report import write_report
-    from layercut.sweep import SweepSpec, parse_budgets, run_sweep
+    from layercut.sweep import SweepSpec, parse_budgets
 
     console = console or Console()
     t0 = time.perf_counter()
@@ -176,7 +176,7 @@ def run_vlm_demo(
     if out.exists():
         shutil.rmtree(out)
     out.mkdir(parents=True)
-    adapter = models.load(model)
+    adapter = api.load_model(model)
     console.print(f"model: [bold]{model}[/bold] ({adapter.family.name}, {adapter.num_layers} decoder "
                   f"layers, {models.parameter_count(adapter.model):,} parameters)")
     calib = builtin.build_calib(out / "calib.jsonl", kind="vision", n_per_domain=n_per_domain)
@@ -207,9 +207,9 @@ def run_vlm_demo(
     if progress is not None:
         with progress() as bar:
             task = bar.add_task("sweep", total=None, unit="evaluations")
-            df = run_sweep(spec, sweep_dir, progress=lambda d, t: bar.update(task, completed=d, total=t))
+            df = api.sweep(spec, sweep_dir, progress=lambda d, t: bar.update(task, completed=d, total=t))
     else:
-        df = run_sweep(spec, sweep_dir)
+        df = api.sweep(spec, sweep_dir)
     for scope in SCOPES:
         shutil.copyfile(out / f"scores-{scope}.json", sweep_dir / f"scores-{scope}.json")
     t_sweep = time.perf_counter() - t1

@@ -65,7 +65,7 @@ class SharedWork:
 
     def __init__(self, adapter: Any, batches: list[Any], finish: Callable[[list[tuple[float, int]]], dict],
                  cache_mem: int | str | None = None, mode: str = "trie") -> None:
-        """`batches`: `runner.TeacherBatch`es; `finish`: metrics from the per-row (log-prob sum,
+        """`batches`: `batching.TeacherBatch`es; `finish`: metrics from the per-row (log-prob sum,
         tokens) of one configuration."""
         if mode not in MODES:
             raise LayercutError(f"unknown engine mode '{mode}': use {' or '.join(MODES)}")
@@ -91,7 +91,7 @@ class SharedWork:
     def for_task(cls, adapter: Any, prepared: Any, batch_size: int = 8,
                  cache_mem: int | str | None = None, mode: str = "trie") -> "SharedWork":
         """A prepared teacher-forced task (nll or choice), batched as the plain evaluation does."""
-        from layercut.evaluation.runner import (
+        from layercut.evaluation.teacher import (
             packed_batches,
             teacher_batches,
             teacher_metrics,
@@ -109,8 +109,8 @@ class SharedWork:
     @classmethod
     def for_calibration(cls, adapter: Any, batches: list[Any], cache_mem: int | str | None = None,
                         mode: str = "trie") -> "SharedWork":
-        """Calibration batches (`scoring.Batch`): metrics are the mean next-token NLL per domain."""
-        from layercut.evaluation.runner import domain_nll, token_batches
+        """Calibration batches (`data.encode.Batch`): metrics are the mean next-token NLL per domain."""
+        from layercut.evaluation.teacher import domain_nll, token_batches
 
         teacher, domains = token_batches(adapter, batches)
         return cls(adapter, teacher, lambda scored: domain_nll(scored, domains), cache_mem, mode)
@@ -118,7 +118,7 @@ class SharedWork:
     # -- one unpruned pass per batch: the root state and every layer's arguments ---------------
 
     def _capture(self, batch: Any) -> tuple[torch.Tensor, list[tuple[tuple, dict]]]:
-        from layercut.evaluation.runner import logits_at
+        from layercut.evaluation.batching import logits_at
 
         layers = self.adapter.layers
         calls: list[Any] = [None] * len(layers)
@@ -206,7 +206,7 @@ class SharedWork:
         return len(self.root)
 
     def _evaluate(self, kept: tuple[int, ...], wanted: set[tuple[int, ...]]) -> list[tuple[float, int]]:
-        from layercut.evaluation.runner import batch_scores
+        from layercut.evaluation.teacher import batch_scores
 
         p = self._start(kept)
         hidden = list(self._store[kept[:p]])
@@ -240,13 +240,14 @@ class SharedWork:
 
 
 def _packing_agrees(adapter: Any, prepared: Any, tol: float = 1e-4) -> bool:
-    """Whether packing a choice item's candidates after one context (`runner.packed_batches`)
+    """Whether packing a choice item's candidates after one context (`teacher.packed_batches`)
     gives this model's plain-row log-likelihoods, checked on the first item with two or more
     candidates. Families whose position ids the model derives itself (e.g. multimodal RoPE)
     may not take it: any error or mismatch keeps plain rows."""
     import math
 
-    from layercut.evaluation.runner import Prepared, batch_scores, logits_at, packed_batches, score_continuations
+    from layercut.evaluation.batching import Prepared, logits_at
+    from layercut.evaluation.teacher import batch_scores, packed_batches, score_continuations
 
     item = next((it for it in prepared.items if len(it.continuations) > 1), None)
     if item is None:
@@ -278,3 +279,51 @@ def _unpruned_depth(kept: tuple[int, ...]) -> int:
     while n < len(kept) and kept[n] == n:
         n += 1
     return n
+
+
+# --- calibration loss of many drop sets, for `iterative` -----------------------------------
+
+
+class BatchedLoss:
+    """A calibration loss, loss(drop) -> float, that also scores many drop sets in one call
+    (`many`): `iterative` hands it each greedy round whole."""
+
+    def __init__(self, many: Callable[[list[list[int]]], list[float]], engine: Any) -> None:
+        self.many, self.engine = many, engine  # engine: the SharedWork behind it (its counters)
+
+    def __call__(self, drop: list[int]) -> float:
+        return self.many([drop])[0]
+
+
+def calibration_loss_fn(
+    adapter: Any, samples: list[Any], batch_size: int = 8, max_length: int = 512,
+    engine: str = "trie", cache_mem: int | str | None = None,
+) -> Callable[[list[int]], float]:
+    """loss(drop) = mean calibration NLL of the model viewed without `drop` (for `iterative`).
+
+    With engine "trie" (or "prefix") it is a `BatchedLoss` whose `many(drops)` evaluates one
+    greedy round's candidates at the cost of their distinct work (`SharedWork`): each candidate
+    shares the layers before it with the others. "plain" runs a layer-skip view per drop set;
+    both give the same numbers."""
+    from layercut import surgery
+    from layercut.data.encode import encode_batches
+    from layercut.evaluation.teacher import token_nll
+
+    batches = list(encode_batches(adapter, samples, batch_size=batch_size, max_length=max_length))
+
+    def loss(drop: list[int]) -> float:
+        with surgery.skipped(adapter, drop):
+            return token_nll(adapter, batches)["all"]
+
+    if engine == "plain":
+        return loss
+    try:
+        work = SharedWork.for_calibration(adapter, batches, cache_mem=cache_mem, mode=engine)
+    except LayercutError:  # a model the engine cannot reproduce: the plain views, same numbers
+        return loss
+
+    def many(drops: list[list[int]]) -> list[float]:
+        got = {drop: metrics["all"] for drop, metrics, _ in work.run(drops)}
+        return [got[tuple(sorted(set(d)))] for d in drops]
+
+    return BatchedLoss(many, work)

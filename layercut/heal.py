@@ -198,7 +198,7 @@ def _batches(adapter: Any, data: Any, batch_size: int, max_length: int) -> list[
 
 def _loss(adapter: Any, batch: Any) -> tuple[torch.Tensor, int]:
     """Mean next-token NLL of a batch over real text targets, with a graph (LM head on targets only)."""
-    from layercut.evaluation.runner import logits_at
+    from layercut.evaluation.batching import logits_at
 
     inputs = adapter.complete_inputs(batch.inputs)
     ids = inputs["input_ids"]
@@ -287,6 +287,7 @@ def heal_checkpoint(
     model: str,
     out: str | Path,
     *,
+    source: str | None = None,
     data: str | None = None,
     steps: int = 40,
     rank: int = 8,
@@ -299,20 +300,21 @@ def heal_checkpoint(
     overwrite: bool = False,
     progress: Callable[[int, float], None] | None = None,
 ) -> HealStats:
-    """Load `model` (a pruned folder), heal it, merge, save to `out` and verify the reload."""
-    from layercut import api, surgery
-    from layercut.io import atomic_dir
+    """Load `model` (a pruned folder, or any folder or hub id), heal it, merge, save to `out` and
+    verify the reload. `source` is what the user named (default `model`), as the card says it."""
+    from layercut import models, surgery
+    from layercut.data.calibration import calibration
+    from layercut.io import atomic_dir, check_out
 
-    out = Path(out)
-    if out.exists() and not overwrite:
-        raise LayercutError(f"output '{out}' already exists: choose another --out or pass --overwrite")
+    out = check_out(out, overwrite)
+    source = source if source is not None else str(model)
     data = data or default_data(model)
     if data is None:
         raise LayercutError(
-            f"'{model}' records no calibration set: pass --data FILE.jsonl (or builtin:text:N)"
+            f"'{source}' records no calibration set: pass --data FILE.jsonl (or builtin:text:N)"
         )
-    samples = api.calibration(data)
-    adapter = api.load_model(model, dtype)
+    samples = calibration(data)
+    adapter = models.load_model(model, dtype, source=source)
     torch.manual_seed(seed)
     stats = heal(adapter, samples, steps=steps, rank=rank, alpha=alpha, lr=lr, seed=seed,
                  batch_size=batch_size, max_length=max_length, progress=progress, data_name=str(data))
@@ -327,9 +329,9 @@ def heal_checkpoint(
         stats.save(tmp / HEAL_FILE)
         if recipe_path.is_file():
             recipe = surgery.Recipe.load(recipe_path)
-            recipe.heal = {**asdict(stats), "verify": verify, "source": str(model)}
+            recipe.heal = {**asdict(stats), "verify": verify, "source": source}
             recipe.save(tmp / surgery.RECIPE_FILE)
             (tmp / "README.md").write_text(surgery.model_card(recipe))
         else:
-            (tmp / "README.md").write_text(surgery.heal_card(str(model), asdict(stats), verify))
+            (tmp / "README.md").write_text(surgery.heal_card(source, asdict(stats), verify))
     return stats

@@ -98,3 +98,17 @@ def probe(adapter: Any, batches: list[Any], protect: set[int], *, cache_mem: int
                             protected=sorted(never), seconds=time.perf_counter() - t0)
     profile.flagged = flag(profile.damage("all"))
     return profile
+
+
+def probe_samples(adapter: Any, samples: list[Any], *, protect: Any = "none", batch_size: int = 8,
+                  max_length: int = 512, cache_mem: int | str | None = None,
+                  progress: Any = None) -> DamageProfile:
+    """`probe` on calibration samples, encoded here. `protect` is what `selection.protect_set`
+    takes ('none': every layer the family allows, 'default': all but the first and last, or
+    indices); the family's own protected layers are always left out."""
+    from layercut.data.encode import encode_batches
+    from layercut.selection import protect_set
+
+    batches = list(encode_batches(adapter, samples, batch_size=batch_size, max_length=max_length))
+    never = protect_set(adapter.num_layers, protect, adapter.protected_layers())
+    return probe(adapter, batches, never, cache_mem=cache_mem, progress=progress)

@@ -25,6 +25,7 @@ from typing import Any, Iterable
 
 import torch
 
+from layercut.data.encode import Batch
 from layercut.errors import LayercutError
 
 SCOPES = ("all", "text", "image", "last")
@@ -186,21 +187,6 @@ class LayerScores:
 
 
 # --------------------------------------------------------------------------- the streaming pass
-
-
-@dataclass
-class Batch:
-    """One forward's worth of encoded samples, all of one domain."""
-
-    domain: str
-    inputs: dict[str, torch.Tensor]  # model kwargs; attention_mask marks padding
-    samples: int = 0
-
-    @property
-    def tokens(self) -> int:
-        """Real (non-padding) tokens in the batch."""
-        attn = self.inputs.get("attention_mask")
-        return int(attn.sum()) if attn is not None else int(self.inputs["input_ids"].numel())
 
 
 # Per-layer running sums, one small vector per layer: [cos, angular, tokens, zero-norm, non-finite]
@@ -397,12 +383,15 @@ def score(
     scope: str = "all",
     block_tokens: str = "last",
     progress: Any = None,
+    meta: dict[str, Any] | None = None,
 ) -> LayerScores:
     """One forward per batch with hooks on every decoder layer; returns per-domain scores.
 
     `adapter` is a `layercut.models.Adapter`; `progress(batch)` is called after each forward.
     `block_tokens="last"` measures block distances on each sample's last token (Gromov et al.),
-    `"scope"` on every in-scope token.
+    `"scope"` on every in-scope token. The scores' meta records the family and its protected
+    layers (so a selection from the scores alone still protects them), the samples per domain,
+    the dtype and any device map, plus `meta` (e.g. what the calibration set was).
     """
     if scope not in SCOPES:
         raise LayercutError(f"unknown scope '{scope}': use one of {', '.join(SCOPES)}")
@@ -440,7 +429,18 @@ def score(
             f"no token fell in scope '{scope}' in any domain: pick another --scope "
             "(image scope needs samples with images)"
         )
+    from layercut.models import dtype_name
+
+    info: dict[str, Any] = {
+        "family": adapter.family.name,
+        "family_protected": sorted(adapter.protected_layers()),
+        **(meta or {}),
+        "samples": {d: s.samples for d, s in domains.items()},
+        "dtype": dtype_name(adapter.dtype),
+    }
+    if adapter.device_map:
+        info["device_map"] = {k: str(v) for k, v in adapter.device_map.items()}
     return LayerScores(
         num_layers=rec.L, domains=domains, scope=scope, block_tokens=block_tokens,
-        model=getattr(adapter, "source", ""),
+        model=getattr(adapter, "source", ""), meta=info,
     )

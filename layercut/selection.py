@@ -132,6 +132,27 @@ def default_protect(num_layers: int, extra: Iterable[int] = ()) -> set[int]:
     return {0, num_layers - 1} | {int(i) for i in extra}
 
 
+def protect_set(
+    num_layers: int, protect: str | Iterable[int] | None, family_protected: Iterable[int] = ()
+) -> set[int]:
+    """The user's protected layers ("default" = first and last, "none", or indices) plus the family's."""
+    if protect is None or protect == "default":
+        chosen = default_protect(num_layers)
+    elif protect == "none":
+        chosen = set()
+    elif isinstance(protect, str):
+        try:
+            chosen = {int(x) for x in protect.split(",") if x.strip()}
+        except ValueError:
+            raise LayercutError(f"--protect '{protect}': give layer indices like 0,29, or 'default' or 'none'") from None
+    else:
+        chosen = {int(x) for x in protect}
+    bad = [i for i in chosen if not 0 <= i < num_layers]
+    if bad:
+        raise LayercutError(f"protected layer {bad[0]} does not exist (layers 0..{num_layers - 1}): fix --protect")
+    return chosen | set(family_protected)
+
+
 @dataclass(frozen=True)
 class _Request:
     """One validated call to `select`: what every method function receives."""
@@ -270,7 +291,7 @@ def _random(r: _Request) -> tuple[list[int], dict[str, Any]]:
 def _iterative(r: _Request) -> tuple[list[int], dict[str, Any]]:
     if r.loss_fn is None:
         raise LayercutError("method 'iterative' needs loss_fn(drop list) -> calibration loss: pass one")
-    # A loss_fn with `many(drops)` scores a whole round at once (api.calibration_loss_fn: shared work).
+    # A loss_fn with `many(drops)` scores a whole round at once (engine.calibration_loss_fn: shared work).
     many = getattr(r.loss_fn, "many", None) or (lambda drops: [r.loss_fn(d) for d in drops])
     drop: list[int] = []
     losses: list[float] = []

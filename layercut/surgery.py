@@ -250,15 +250,13 @@ def prune(
 
     `out` appears only when everything, verification included, succeeded.
     """
-    from layercut.io import sha256
+    from layercut.io import check_out, sha256
     from layercut.models import parameter_count
 
     L = adapter.num_layers
     protect = set(adapter.default_protect() if protect is None else protect) | adapter.protected_layers()
     drop = check_drop(drop, L, protect)
-    out = Path(out)
-    if out.exists() and not overwrite:
-        raise LayercutError(f"output '{out}' already exists: choose another --out or pass --overwrite")
+    out = check_out(out, overwrite)
     params_before = parameter_count(adapter.model)
     inputs = inputs if inputs is not None else probe_inputs(adapter)
     kept = drop_layers(adapter, drop)

@@ -194,3 +194,44 @@ def test_iterative_reports_progress_and_takes_the_guard(tiny_text_dir, text_cali
     guarded = api.select(None, "iterative+guard", 2, model=str(tiny_text_dir), calib=str(text_calib),
                          protect="none", probe=profile)
     assert sel.drop[0] not in guarded.drop and len(guarded.drop) == 2
+
+
+def writing_commands(tiny_text_dir: Path, text_calib: Path, scores: Path, sweep_dir: Path) -> dict[str, list]:
+    """Every command that writes, with its output path left as OUT."""
+    model = ["--model", tiny_text_dir]
+    return {
+        "score": ["score", *model, "--calib", text_calib, "--out", "OUT"],
+        "probe": ["probe", *model, "--calib", text_calib, "--out", "OUT"],
+        "select": ["select", "--scores", scores, "--method", "math", "--budget", "1", "--out", "OUT"],
+        "prune": ["prune", *model, "--drop", "2", "--out", "OUT"],
+        "heal": ["heal", *model, "--data", text_calib, "--steps", "1", "--out", "OUT"],
+        "sweep": ["sweep", *model, "--methods", "last", "--budgets", "0,1", "--tasks", "nll-math", "--limit", "1",
+                  "--out", "OUT"],
+        "report": ["report", sweep_dir, "--out", "OUT"],
+        "eval": ["eval", *model, "--tasks", "nll-math", "--limit", "1", "--out", "OUT"],
+        "calib build": ["calib", "build", "--out", "OUT"],
+        "demo": ["demo", "--out", "OUT"],
+        "zoo train": ["zoo", "train", "tiny-llava", "--out", "OUT"],
+        "zoo eval": ["zoo", "eval", "tiny-llava", "--out", "OUT"],
+    }
+
+
+@pytest.mark.parametrize("where", ["under /proc", "under a file"])
+def test_an_out_that_cannot_be_written_is_one_line_for_every_writing_command(
+        where, tiny_text_dir, text_calib, scores_file, tmp_path, capsys):
+    """A read-only place (here /proc, which takes no new files even for root, or a path through a
+    regular file) fails before any work: one line naming the fix, exit 2, nothing left behind."""
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    parent = Path("/proc/layercut-no-such-folder") if where == "under /proc" else blocker
+    sweep_dir = tmp_path / "a-sweep"
+    sweep_dir.mkdir()
+    before = sorted(p.name for p in tmp_path.iterdir())
+    for name, argv in writing_commands(tiny_text_dir, text_calib, scores_file, sweep_dir).items():
+        argv = [parent / "out" if a == "OUT" else a for a in argv]
+        code, _, err = run(argv, capsys)
+        assert code == 2, (name, err)
+        lines = err.strip().splitlines()
+        assert len(lines) == 1 and "cannot write" in lines[0] and "choose an --out" in lines[0], (name, err)
+    assert sorted(p.name for p in tmp_path.iterdir()) == before
+    assert list(sweep_dir.iterdir()) == []

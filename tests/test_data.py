@@ -11,8 +11,9 @@ import pytest
 from PIL import Image
 
 from layercut.data import Sample, by_domain, load_calib, write_calib
-from layercut.data import builtin
-from layercut.data.builtin import build_calib, build_samples, hash_split, pool_ids
+from layercut.data import images as image_sets
+from layercut.data.builtin import build_calib, build_samples, pool_ids
+from layercut.data.pools import hash_split
 from layercut.errors import LayercutError
 
 
@@ -230,7 +231,7 @@ def test_builtin_counts_and_content(built):
             with Image.open(path) as im:
                 im.load()
                 assert max(im.size) <= 224
-    assert {s.meta["family"] for s in _part(samples, "math", True)} == set(builtin._FAMILIES)
+    assert {s.meta["family"] for s in _part(samples, "math", True)} == set(image_sets._FAMILIES)
     assert {s.meta["source"] for s in _part(samples, "general", True)} == {"easy-vqa", "skimage"}
     assert len({s.meta["id"] for s in samples}) == len(samples)
 
@@ -246,17 +247,17 @@ def test_builtin_is_deterministic_for_a_seed(built):
 
 def test_rendered_answers_are_consistent():
     # the digit answers follow sklearn's labels; the triangle's angles add up to 180
-    images, labels = builtin._digits_data()
+    images, labels = image_sets._digits_data()
     assert len(images) == 1797 and all(len(x) == 64 for x in images)
     import random
 
     rng = random.Random(0)
     for _ in range(50):
-        key, q, a, _draw, meta = builtin._digits(rng, "calib")
+        key, q, a, _draw, meta = image_sets._digits(rng, "calib")
         i, j = meta["digit_index"]
         want = str(labels[i] + labels[j]) if "sum" in q else f"{labels[i]}{labels[j]}"
         assert a == want
-        key, q, a, _draw = builtin._triangle(rng, "calib")
+        key, q, a, _draw = image_sets._triangle(rng, "calib")
         angles = json.loads(key.split(":")[1])
         assert sum(angles) == 180 and a in map(str, angles)
 
@@ -352,7 +353,7 @@ def test_build_calib_failure_leaves_nothing(tmp_path, monkeypatch):
     def broken(*args, **kwargs):
         raise RuntimeError("disk full")
 
-    monkeypatch.setitem(builtin._FAMILIES, "triangle", broken)
+    monkeypatch.setitem(image_sets._FAMILIES, "triangle", broken)
     with pytest.raises(RuntimeError, match="disk full"):
         build_calib(tmp_path / "c.jsonl", kind="all", n_per_domain=8)
     assert os.listdir(tmp_path) == []
@@ -361,7 +362,7 @@ def test_build_calib_failure_leaves_nothing(tmp_path, monkeypatch):
     monkeypatch.undo()
     out = build_calib(tmp_path / "c.jsonl", kind="image", n_per_domain=2)
     before = {p.name: p.read_bytes() for p in (tmp_path / "c_images").iterdir()}
-    monkeypatch.setitem(builtin._FAMILIES, "triangle", broken)
+    monkeypatch.setitem(image_sets._FAMILIES, "triangle", broken)
     with pytest.raises(RuntimeError):
         build_calib(out, kind="image", n_per_domain=8, seed=3, overwrite=True)
     assert sorted(os.listdir(tmp_path)) == ["c.jsonl", "c_images"]

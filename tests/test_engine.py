@@ -10,14 +10,9 @@ import torch
 
 from layercut import engine, surgery
 from layercut.errors import LayercutError
-from layercut.evaluation.runner import (
-    Context,
-    Item,
-    Prepared,
-    score_continuations,
-    teacher_rows,
-)
+from layercut.evaluation.batching import Context, Item, Prepared
 from layercut.evaluation.tasks import TaskSpec
+from layercut.evaluation.teacher import score_continuations, teacher_rows
 from layercut.models import Adapter
 from layercut.sweep import SweepSpec, run_sweep
 from tests.tiny import FAMILY_IDS, make_tiny
@@ -150,7 +145,7 @@ def test_iterative_on_the_engine_picks_as_plain_views(path, request):
 
     adapter = api.load_model(str(request.getfixturevalue(path)))
     samples = api.calibration("builtin:all:2" if "llava" in path else "builtin:text:3")
-    fns = {e: api.calibration_loss_fn(adapter, samples, max_length=48, engine=e) for e in ("plain", "trie")}
+    fns = {e: engine.calibration_loss_fn(adapter, samples, max_length=48, engine=e) for e in ("plain", "trie")}
     assert not hasattr(fns["plain"], "many")
     for drop in ([], [2], [1, 4]):
         assert fns["trie"](drop) == pytest.approx(fns["plain"](drop), rel=1e-5, abs=1e-6)
@@ -165,7 +160,7 @@ def test_iterative_falls_back_to_plain_views_where_the_engine_cannot_follow(tiny
 
     adapter = api.load_model(str(tiny_text_dir))
     monkeypatch.setattr(Adapter, "head", lambda self, hidden: torch.zeros(hidden.shape[0], 7))
-    fn = api.calibration_loss_fn(adapter, api.calibration("builtin:text:2"), max_length=32)
+    fn = engine.calibration_loss_fn(adapter, api.calibration("builtin:text:2"), max_length=32)
     assert not hasattr(fn, "many")
     with surgery.skipped(adapter, [2]), torch.no_grad():
         from layercut.data.encode import encode_batches

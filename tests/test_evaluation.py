@@ -14,23 +14,24 @@ from typing import ClassVar
 import pytest
 import torch
 
-from layercut import models, surgery
-from layercut.data import builtin
+from layercut import api, models, surgery
+from layercut.data import text
 from layercut.data.builtin import build_samples, pool_ids
+from layercut.data.encode import Batch
 from layercut.errors import LayercutError
 from layercut.evaluation import (
     HIGHER_IS_BETTER,
     TASKS,
+    batching,
     evaluate,
     get_task,
     load_task,
     prepare,
-    runner,
     sources,
+    teacher,
     token_nll,
 )
-from layercut.evaluation.runner import SEQ_KEYS, Context, Item
-from layercut.scoring import Batch
+from layercut.evaluation.batching import SEQ_KEYS, Context, Item
 from tests.tiny import FAMILY_IDS, TEXT_HI, TEXT_LO, build_tiny, make_tiny, tiny_config
 
 TEXT_TASKS = [n for n, t in TASKS.items() if not t.image]
@@ -156,7 +157,7 @@ def test_lm_head_at_scored_positions_equals_full_logits(family):
     rows, cols = rows[::3], cols[::3]
     with torch.no_grad():
         full = tiny.model(**inputs).logits[rows, cols]
-        part, _ = runner.logits_at(adapter, inputs, rows, cols)
+        part, _ = batching.logits_at(adapter, inputs, rows, cols)
         assert part.shape == full.shape
         assert torch.allclose(part, full, atol=1e-5, rtol=1e-5)
         batches = [Batch("d", inputs, 2)]
@@ -192,10 +193,10 @@ def test_candidate_scores_match_plain_forwards(family):
     item = Item(id="x", context=ctx, continuations=conts, gold=0, chars=[1, 1, 1])
     with torch.no_grad():
         expected = [_plain_logprob(tiny.model, inputs, c) for c in conts]
-        rows = [lp for lp, _ in runner.score_continuations(adapter, [(ctx, c) for c in conts], 2)]
+        rows = [lp for lp, _ in teacher.score_continuations(adapter, [(ctx, c) for c in conts], 2)]
         assert rows == pytest.approx(expected, abs=1e-4)
-        if runner._check_shared(adapter, item):
-            assert runner._shared_scores(adapter, item) == pytest.approx(expected, abs=1e-4)
+        if teacher.check_shared(adapter, item):
+            assert teacher._shared_scores(adapter, item) == pytest.approx(expected, abs=1e-4)
 
 
 def test_nll_equals_a_straightforward_computation(text_adapter):
@@ -263,7 +264,7 @@ def test_builtin_task_items_are_never_calibration_items(tmp_path):
     n_general = len(ids["pydoc-topics"]) + len(ids["gutenberg-19362"])
     calib_general = [s.text for s in build_samples("text", n_general, 0, split="calib")
                      if s.domain == "general"]  # every general calibration chunk
-    calib_sentences = set().union(*(builtin.sentences(t) for t in calib_general))
+    calib_sentences = set().union(*(text.sentences(t) for t in calib_general))
     calib_texts = sources._train_questions()
     calib_images = {_pixels(s.images[0])
                     for s in build_samples("image", 64, 0, "calib", image_dir=tmp_path / "c")}
@@ -275,7 +276,7 @@ def test_builtin_task_items_are_never_calibration_items(tmp_path):
             for d in docs:
                 assert d["id"] not in calib_ids, (name, d["id"])
                 if "text" in d:
-                    assert not builtin.sentences(d["text"]) & calib_sentences, (name, d["id"])
+                    assert not text.sentences(d["text"]) & calib_sentences, (name, d["id"])
                 elif spec.source != "easy-vqa/test":  # easy-VQA reuses question templates
                     question = " ".join(d["question"].split()).lower()
                     assert question not in calib_texts, (name, d["id"])
@@ -416,7 +417,7 @@ def test_smollm2_text_tasks():
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        adapter = models.load("smollm2-135m")
+        adapter = api.load_model("smollm2-135m")
         results = {}
         for name in ("nll-math", "nll-general", "mmlu-math", "mmlu-science", "gsm8k", "math500"):
             t0 = time.perf_counter()

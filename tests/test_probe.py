@@ -12,7 +12,7 @@ from layercut.errors import LayercutError
 from layercut.evaluation import token_nll
 from layercut.models import Adapter
 from layercut.probe import DamageProfile, flag, probe
-from layercut.scoring import Batch
+from layercut.data.encode import Batch
 from tests.tiny import BOS, TEXT_HI, TEXT_LO, make_tiny
 
 CRITICAL = 3

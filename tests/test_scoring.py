@@ -9,7 +9,8 @@ import torch
 
 from layercut.errors import LayercutError
 from layercut.models import Adapter
-from layercut.scoring import SCOPES, Batch, LayerScores, score
+from layercut.data.encode import Batch
+from layercut.scoring import SCOPES, LayerScores, score
 from tests.tiny import FAMILY_IDS, VISION_IDS, make_tiny
 
 

@@ -10,7 +10,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from layercut import tinyvlm, zoo
+from layercut import zoo
+from layercut.zoo import tinyvlm
+from layercut.zoo import train as trainer
 from layercut.data import vision
 from layercut.errors import LayercutError
 
@@ -144,9 +146,9 @@ def test_prune_and_reload_of_the_zoo_vlm_is_logits_equal(adapter, tmp_path):
 def test_twenty_trainer_steps_lower_the_loss(tmp_path):
     from safetensors.torch import load_file
 
-    cfg = tinyvlm.TrainConfig(stage1_steps=20, stage1_batch=8, stage2_steps=2, stage2_batch=2,
+    cfg = trainer.TrainConfig(stage1_steps=20, stage1_batch=8, stage2_steps=2, stage2_batch=2,
                               threads=1, log_every=10, eval_limit=2)
-    log = tinyvlm.train(tmp_path, cfg, log=lambda s: None, evaluate=False)
+    log = trainer.train(tmp_path, cfg, log=lambda s: None, evaluate=False)
     first, last = log["loss"]["stage1"][:5], log["loss"]["stage1"][-5:]
     assert sum(last) < sum(first)
     assert len(log["loss"]["stage2"]) == 2 and all(v == v for v in log["loss"]["stage2"])
@@ -162,17 +164,17 @@ def test_twenty_trainer_steps_lower_the_loss(tmp_path):
 def test_stage_two_keeps_the_stage_one_vision_tower(tmp_path, monkeypatch):
     """The tower is frozen in stage 2 (training it there undid stage 1 on the 2026-11-25 run)."""
     seen = {}
-    real = tinyvlm.add_lora
+    real = trainer.add_lora
 
     def spy(model, seed):  # called between the stages
         seen["before"] = {n: p.detach().clone() for n, p in model.named_parameters()
                           if n.startswith("model.vision_tower.")}
         return real(model, seed)
 
-    monkeypatch.setattr(tinyvlm, "add_lora", spy)
-    cfg = tinyvlm.TrainConfig(stage1_steps=2, stage1_batch=4, stage2_steps=2, stage2_batch=2,
+    monkeypatch.setattr(trainer, "add_lora", spy)
+    cfg = trainer.TrainConfig(stage1_steps=2, stage1_batch=4, stage2_steps=2, stage2_batch=2,
                               threads=1, log_every=10, eval_limit=1)
-    tinyvlm.train(tmp_path, cfg, log=lambda s: None, evaluate=False)
+    trainer.train(tmp_path, cfg, log=lambda s: None, evaluate=False)
     from safetensors.torch import load_file
 
     state = load_file(str(tmp_path / "tiny-llava.safetensors"))

@@ -1,9 +1,9 @@
 """lm-eval (lm-evaluation-harness 0.4.x) on a model already in memory.
 
-    from layercut import models, surgery
+    from layercut import api, surgery
     from layercut.bridges.lm_eval_bridge import run_lm_eval
 
-    adapter = models.load("smollm2-135m")
+    adapter = api.load_model("smollm2-135m")
     with surgery.skipped(adapter, [3, 7, 9]):  # or surgery.drop_layers(adapter, ...)
         metrics = run_lm_eval(adapter, ["arc_easy"], limit=100)
     # {"arc_easy": {"acc,none": 0.41, "acc_stderr,none": 0.049, ...}}
@@ -23,7 +23,7 @@ import math
 from typing import Any
 
 from layercut.errors import LayercutError
-from layercut.models import ensure_pad_token
+from layercut.data.encode import ensure_pad_token
 
 
 def run_lm_eval(

@@ -3,7 +3,7 @@
     lmms-eval --model layercut --model_args pretrained=runs/m/pruned --tasks mme
     lmms-eval --model layercut --model_args pretrained=MODEL,drop=3,7,9 --tasks TASK --include_path DIR
 
-`pretrained` is what `layercut.models.load` takes: a folder (e.g. one written by `layercut
+`pretrained` is what `layercut.api.load_model` takes: a folder (e.g. one written by `layercut
 prune`), a cached hub id or a built-in name. `drop` removes those decoder layers in memory
 (`surgery.drop_layers`) before evaluating; indices are those of the loaded model. Other model
 args: `dtype` (fp32, bf16, fp16), `device` (default cuda when available, else cpu),
@@ -31,7 +31,7 @@ from lmms_eval.api.model import lmms
 from PIL import Image
 
 from layercut.errors import LayercutError
-from layercut.models import ensure_pad_token
+from layercut.data.encode import ensure_pad_token
 
 MODEL_ARGS = ("pretrained", "drop", "dtype", "device", "batch_size", "max_new_tokens", "chat_template")
 # lmms-eval backends usually take torch's names for dtypes

@@ -11,6 +11,7 @@ Samples with and without images are batched apart, since processors differ on mi
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Iterator
 
 import torch
@@ -18,8 +19,21 @@ from PIL import Image
 
 from layercut.data import Sample
 from layercut.errors import LayercutError
-from layercut.models import ensure_pad_token
-from layercut.scoring import Batch
+
+
+@dataclass
+class Batch:
+    """One forward's worth of encoded samples, all of one domain."""
+
+    domain: str
+    inputs: dict[str, torch.Tensor]  # model kwargs; attention_mask marks padding
+    samples: int = 0
+
+    @property
+    def tokens(self) -> int:
+        """Real (non-padding) tokens in the batch."""
+        attn = self.inputs.get("attention_mask")
+        return int(attn.sum()) if attn is not None else int(self.inputs["input_ids"].numel())
 
 
 def encode_batches(
@@ -88,6 +102,13 @@ def encode(adapter: Any, samples: list[Sample], max_length: int = 1024) -> dict[
                 v = v.to(dtype)
         out[k] = v
     return out
+
+
+def ensure_pad_token(tok: Any) -> Any:
+    """Give a tokenizer without one a pad token (EOS): padding is always masked, so any id does."""
+    if tok is not None and tok.pad_token is None:
+        tok.pad_token = tok.eos_token or tok.unk_token
+    return tok
 
 
 def _tokenizer(adapter: Any) -> Any:

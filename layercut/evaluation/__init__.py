@@ -9,20 +9,20 @@
   a user adds a task with one YAML file pointing at a JSONL file.
 - `sources`: the documents of the built-in tasks, all offline and held out from calibration.
 - `extract`: registered answer extractors (`EXTRACTORS`) and `is_equiv` for math answers.
-- `runner`: `prepare`, `evaluate`, `HIGHER_IS_BETTER`, and `token_nll` over calibration batches.
+- `runner`: `prepare` (render and encode once), `evaluate` (dispatch by kind), `HIGHER_IS_BETTER`.
+- `batching`: the encoded rows (`Context`, `Item`, `Prepared`) and the batched model calls
+  (`collate`, `logits_at`: the LM head at scored positions only) that the two below share.
+- `teacher`: teacher-forced scoring (choice, nll; `score_continuations`) and `token_nll`
+  over calibration batches.
+- `generate`: greedy generation with a shared few-shot prefix cache (the generate kind).
 - `judge`: an optional OpenAI-compatible judge for generated answers.
 """
 
+from layercut.evaluation.batching import Prepared
 from layercut.evaluation.extract import EXTRACTORS, is_equiv
-from layercut.evaluation.runner import (
-    HIGHER_IS_BETTER,
-    Prepared,
-    evaluate,
-    prepare,
-    score_continuations,
-    token_nll,
-)
+from layercut.evaluation.runner import HIGHER_IS_BETTER, evaluate, prepare
 from layercut.evaluation.tasks import TASKS, TaskSpec, get_task, load_task
+from layercut.evaluation.teacher import score_continuations, token_nll
 
 __all__ = [
     "EXTRACTORS",

@@ -190,33 +190,60 @@ def auto_class(family: Family) -> Any:
 
 
 DEVICE_MAPS = ("auto", "balanced", "balanced_low_0", "sequential")
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    """'fp32' for torch.float32 and so on; other dtypes as torch writes them."""
+    return {v: k for k, v in DTYPES.items()}.get(dtype, str(dtype))
+
+
+def load_model(
+    model: str | Adapter,
+    dtype: str = "fp32",
+    device_map: str | dict[str, Any] | None = None,
+    offload_folder: str | Path | None = None,
+    *,
+    source: str | None = None,
+    hint: str = "",
+) -> Adapter:
+    """An Adapter passes through; a folder or hub id loads in `dtype` (a name of DTYPES)."""
+    if isinstance(model, Adapter):
+        return model
+    if dtype not in DTYPES:
+        raise LayercutError(f"unknown dtype '{dtype}': use one of {', '.join(DTYPES)}")
+    return load(model, DTYPES[dtype], device_map=device_map, offload_folder=offload_folder,
+                source=source, hint=hint)
 
 
 def load(
-    name: str,
+    path: str | Path,
     dtype: torch.dtype = torch.float32,
     device_map: str | dict[str, Any] | None = None,
     offload_folder: str | Path | None = None,
+    *,
+    source: str | None = None,
+    hint: str = "",
 ) -> Adapter:
-    """Load a supported model and its processor/tokenizer from a folder, hub id or zoo name.
+    """Load a supported model and its processor/tokenizer from a folder or hub id.
 
     `device_map` is None (one device, CPU), one of accelerate's strategies ("auto", "balanced",
     ...), a JSON file or a dict {module name: 0 | "cuda:1" | "cpu" | "disk"}. Weights mapped to
     "disk" are read from `offload_folder` (a temporary folder by default) or, where the
     checkpoint is safetensors in the load dtype, straight from the checkpoint.
     Hub ids only work where a hub is reachable or the model is already in the local HF cache.
+    `source` is what the user named (a zoo name resolved to `path` by the caller; default
+    `path`); `hint` lists other things the user could have named, for the error message.
     """
     import transformers
 
-    from layercut import zoo
-
-    path = zoo.resolve(name)
+    name = source if source is not None else str(path)
     try:
         config = transformers.AutoConfig.from_pretrained(path)
     except (OSError, ValueError) as exc:
         raise LayercutError(
-            f"cannot read a model config from '{name}': pass a folder with config.json, "
-            f"a cached hub id, or a built-in name ({', '.join(zoo.names())})"
+            f"cannot read a model config from '{name}': pass a folder with config.json"
+            + (f", {hint}" if hint else " or a cached hub id")
         ) from exc
     family = family_for(config)
     kwargs: dict[str, Any] = {"dtype": dtype}
@@ -298,13 +325,6 @@ def load_processor(path: str | Path, family: Family) -> Any:
         except (OSError, ValueError, TypeError, KeyError, ImportError):
             continue
     return None
-
-
-def ensure_pad_token(tok: Any) -> Any:
-    """Give a tokenizer without one a pad token (EOS): padding is always masked, so any id does."""
-    if tok is not None and tok.pad_token is None:
-        tok.pad_token = tok.eos_token or tok.unk_token
-    return tok
 
 
 def parameter_count(model: nn.Module) -> int:

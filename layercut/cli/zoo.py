@@ -1,4 +1,4 @@
-"""`layercut zoo list|build|eval|train`: the built-in models by name (layercut/zoo.py)."""
+"""`layercut zoo list|build|eval|train`: the built-in models by name (layercut/zoo/)."""
 
 from __future__ import annotations
 
@@ -10,16 +10,11 @@ from typing import Optional
 import typer
 from rich.table import Table
 
+from layercut.cli import ui
 from layercut.errors import LayercutError
 
 zoo_app = typer.Typer(no_args_is_help=True, help="Built-in models: list, build, evaluate, train.")
 TRAINABLE = ("tiny-llava",)
-
-
-def _console():
-    from layercut.cli import console, out_console
-
-    return console, out_console
 
 
 def _entry(name: str):
@@ -41,7 +36,7 @@ def list_() -> None:
     for name, e in zoo.ZOO.items():
         built = {"built": "yes", "stale": "stale: rebuilt on next use", "missing": ""}[zoo.state(name)]
         table.add_row(name, built, e.description)
-    _console()[1].print(table)
+    ui.out_console.print(table)
 
 
 @zoo_app.command("build")
@@ -60,7 +55,7 @@ def build(
         shutil.rmtree(path)
     t0 = time.perf_counter()
     folder = zoo.resolve(name)
-    _console()[1].print(f"{name}: {folder} ({time.perf_counter() - t0:.0f} s)")
+    ui.out_console.print(f"{name}: {folder} ({time.perf_counter() - t0:.0f} s)")
 
 
 @zoo_app.command("train")
@@ -77,24 +72,23 @@ def train(
     """Train a zoo model from scratch here (seeded); prints held-out accuracy per task."""
     from dataclasses import replace
 
-    from layercut import tinyvlm
-    from layercut.cli import _progress
-    from layercut.io import atomic_dir
+    from layercut.io import atomic_dir, check_out
+    from layercut.zoo import train as trainer
 
     _entry(name)
     if name not in TRAINABLE:
         raise LayercutError(f"'{name}' is not trained here: `zoo train` knows {', '.join(TRAINABLE)}")
-    cfg = tinyvlm.TrainConfig(seed=seed, threads=threads)
+    check_out(out, overwrite)
+    cfg = trainer.TrainConfig(seed=seed, threads=threads)
     for k, v in (("stage1_steps", stage1_steps), ("stage2_steps", stage2_steps),
                  ("eval_limit", eval_limit)):
         if v is not None:
             cfg = replace(cfg, **{k: v})
-    console, out_console = _console()
     with atomic_dir(out, overwrite=overwrite) as tmp:
-        with _progress() as bar:
-            result = tinyvlm.train(tmp, cfg, log=bar.console.print, progress=_Bar(bar))
-    out_console.print(gate_table(result["eval"], title=f"{name}: held-out choice accuracy per task"))
-    out_console.print(f"trained in {result['seconds'] / 60:.1f} min; weights {out / 'tiny-llava.safetensors'}")
+        with ui.progress() as bar:
+            result = trainer.train(tmp, cfg, log=bar.console.print, progress=_Bar(bar))
+    ui.out_console.print(gate_table(result["eval"], title=f"{name}: held-out choice accuracy per task"))
+    ui.out_console.print(f"trained in {result['seconds'] / 60:.1f} min; weights {out / 'tiny-llava.safetensors'}")
 
 
 @zoo_app.command("eval")
@@ -109,25 +103,27 @@ def eval_(
     """Held-out metrics (true vs shuffled images), the best 2-layer drop, and the gates."""
     import torch
 
-    from layercut import models, tinyvlm
-    from layercut.io import atomic_file
+    from layercut import api
+    from layercut.io import atomic_file, check_out
+    from layercut.zoo import gates
 
     _entry(name)
     if name != "tiny-llava":
         raise LayercutError(f"`zoo eval` checks the trained VLM: use tiny-llava, not {name}")
-    torch.set_num_threads(threads)
     kinds = tuple(k.strip() for k in metrics.split(",") if k.strip())
     bad = [k for k in kinds if k not in ("choice", "nll", "generate")]
     if bad or "choice" not in kinds:
         raise LayercutError(f"--metrics '{metrics}': use choice plus any of nll, generate")
-    console, out_console = _console()
-    adapter = models.load(name)
-    with console.status("evaluating (true vs shuffled images, then the 2-layer drops)"):
-        res = tinyvlm.gates(adapter, limit=limit, budget=budget, kinds=kinds, log=console.print)
+    if out is not None:
+        check_out(out)
+    torch.set_num_threads(threads)
+    adapter = api.load_model(name)
+    with ui.console.status("evaluating (true vs shuffled images, then the 2-layer drops)"):
+        res = gates.gates(adapter, limit=limit, budget=budget, kinds=kinds, log=ui.console.print)
     best = res["best"]
     cmd = f"layercut zoo eval {name} --limit {limit}"
     for kind in kinds:
-        out_console.print(gate_table(
+        ui.out_console.print(gate_table(
             res["unpruned"], kind=kind, pruned=res["pruned"],
             title=f"{name}: held-out {kind} {_KIND_METRIC[kind]} ({limit} per task; pruned = "
                   f"without layers {best['drop']}, {', '.join(best['methods'])})"))
@@ -138,8 +134,8 @@ def eval_(
         miss = "" if g["passed"] else f" by {g['threshold'] - g['value']:.3f}"
         table.add_row(g["family"], g["gate"], f"{g['value']:.3f}",
                       "[green]pass[/green]" if g["passed"] else f"[red]MISS{miss}[/red]")
-    out_console.print(table)
-    out_console.print(f"checked in {res['seconds'] / 60:.1f} min")
+    ui.out_console.print(table)
+    ui.out_console.print(f"checked in {res['seconds'] / 60:.1f} min")
     if out is not None:
         with atomic_file(out) as tmp:
             tmp.write_text(json.dumps(res, indent=1) + "\n")

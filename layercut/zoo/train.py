@@ -1,14 +1,5 @@
-"""The zoo's `tiny-llava`: a small VLM on the real SmolLM2-135M-Instruct, trained here on a CPU.
+"""The recipe that trained tiny-llava (`layercut zoo train tiny-llava`), seeded, for 2 CPU cores.
 
-A standard `LlavaForConditionalGeneration` + `LlavaProcessor`: the language model is SmolLM2 from
-the default model cache; the image token is SmolLM2's unused special token `<empty_output>`
-(id 16, so no vocabulary change); the vision tower is a SigLIP encoder built from config (hidden
-192, 4 layers, 64x64 pictures, patch 16 -> 16 image tokens) and the projector the usual LLaVA MLP.
-What was trained (vision tower, projector, a rank-8 LoRA on every linear layer of the language
-model) ships as one safetensors file under `layercut/weights/`; `build` merges the LoRA into
-SmolLM2's weights and writes a normal HF folder.
-
-The recipe (`train`, run by `layercut zoo train tiny-llava`), seeded, for 2 CPU cores:
 1. stage 1, no language model: each picture's 16 projected tokens are pulled towards SmolLM2's
    input embeddings of its caption words (the bar values, the count, the colour and shape, ...),
    by cross-entropy over the caption vocabulary plus a small regression term, and a linear label
@@ -27,10 +18,10 @@ The recipe (`train`, run by `layercut zoo train tiny-llava`), seeded, for 2 CPU 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 import math
 import random
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -39,117 +30,18 @@ import torch.nn.functional as F
 from torch import nn
 
 from layercut.data import vision
-from layercut.errors import LayercutError
-
-IMAGE_TOKEN = "<empty_output>"  # SmolLM2 special token 16, never produced by its tokenizer
-IMAGE_TOKEN_ID = 16
-WEIGHTS = Path(__file__).parent / "weights" / "tiny-llava.safetensors"
-CARD = Path(__file__).parent / "weights" / "tiny-llava.md"
-VISION = dict(hidden_size=192, num_hidden_layers=4, num_attention_heads=3, intermediate_size=768,
-              image_size=64, patch_size=16, num_channels=3)
-IMAGE_TOKENS = (VISION["image_size"] // VISION["patch_size"]) ** 2  # 16 per picture
-LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
-LORA_RANK, LORA_ALPHA = 8, 16
-# No default system prompt (SmolLM2's would add ~20 tokens to every question); the image goes
-# first in the user turn.
-CHAT_TEMPLATE = (
-    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n"
-    "{% if message['content'] is string %}{{ message['content'] }}"
-    "{% else %}{% for part in message['content'] %}"
-    "{% if part['type'] == 'image' %}" + IMAGE_TOKEN + "\n"
-    "{% elif part['type'] == 'text' %}{{ part['text'] }}{% endif %}{% endfor %}{% endif %}"
-    "<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+from layercut.zoo.gates import evaluate_tasks
+from layercut.zoo.tinyvlm import (
+    IMAGE_TOKEN,
+    IMAGE_TOKENS,
+    LORA_ALPHA,
+    LORA_RANK,
+    base_model,
+    build,
+    processor,
 )
 
-
-# --- the model -----------------------------------------------------------------------------
-
-
-def lm_folder() -> str:
-    from layercut import zoo
-
-    return zoo.resolve(zoo.DEFAULT_MODEL)
-
-
-def processor(lm: str | None = None) -> Any:
-    from transformers import AutoTokenizer, LlavaProcessor, SiglipImageProcessorPil
-
-    tok = AutoTokenizer.from_pretrained(lm or lm_folder())
-    image_processor = SiglipImageProcessorPil(
-        size={"height": VISION["image_size"], "width": VISION["image_size"]},
-        image_mean=[0.5, 0.5, 0.5], image_std=[0.5, 0.5, 0.5])
-    return LlavaProcessor(image_processor=image_processor, tokenizer=tok,
-                          patch_size=VISION["patch_size"], vision_feature_select_strategy="full",
-                          chat_template=CHAT_TEMPLATE, image_token=IMAGE_TOKEN,
-                          num_additional_image_tokens=0)
-
-
-def base_model(lm: str | None = None, seed: int = 0) -> Any:
-    """SmolLM2 inside a LLaVA with a freshly initialised (seeded) vision tower and projector."""
-    from transformers import AutoModelForCausalLM, LlavaConfig, LlavaForConditionalGeneration
-    from transformers import SiglipVisionConfig
-
-    lm = lm or lm_folder()
-    text = AutoModelForCausalLM.from_pretrained(lm, dtype=torch.float32)
-    config = LlavaConfig(
-        vision_config=SiglipVisionConfig(**VISION), text_config=text.config.to_dict(),
-        image_token_index=IMAGE_TOKEN_ID, image_seq_length=IMAGE_TOKENS,
-        vision_feature_select_strategy="full", vision_feature_layer=-1,
-        tie_word_embeddings=bool(getattr(text.config, "tie_word_embeddings", False)))
-    torch.manual_seed(seed)
-    model = LlavaForConditionalGeneration(config)
-    missing = model.model.language_model.load_state_dict(text.model.state_dict())
-    if missing.missing_keys or missing.unexpected_keys:  # pragma: no cover
-        raise LayercutError(f"SmolLM2 weights did not fit the LLaVA language model: {missing}")
-    model.lm_head.weight = model.model.language_model.embed_tokens.weight  # tied, as in SmolLM2
-    model.eval()
-    return model
-
-
-def trained_model(weights: str | Path = WEIGHTS, lm: str | None = None) -> Any:
-    """The base model with the trained vision tower, projector and merged LoRA from `weights`."""
-    from safetensors.torch import load_file
-
-    weights = Path(weights)
-    if not weights.is_file():
-        raise LayercutError(f"tiny-llava weights '{weights}' not found: run `layercut zoo train "
-                            "tiny-llava --out DIR` or reinstall layercut")
-    model = base_model(lm)
-    state = load_file(str(weights))
-    meta = json.loads(_metadata(weights).get("layercut", "{}"))
-    scale = meta.get("lora_alpha", LORA_ALPHA) / meta.get("lora_rank", LORA_RANK)
-    modules = dict(model.named_modules())
-    direct = {k: v for k, v in state.items() if ".lora_" not in k}
-    own = model.state_dict()
-    bad = [k for k in direct if k not in own]
-    if bad:
-        raise LayercutError(f"{weights}: unexpected tensor '{bad[0]}': rebuild the weights file")
-    with torch.no_grad():
-        for k, v in direct.items():
-            own[k].copy_(v.float())
-        for k in [k for k in state if k.endswith(".lora_A")]:
-            name = k[: -len(".lora_A")]
-            a, b = state[k].float(), state[name + ".lora_B"].float()
-            modules[name].weight += scale * (b @ a)
-    model.eval()
-    return model
-
-
-def build(out: Path, weights: str | Path = WEIGHTS) -> None:
-    """`zoo build tiny-llava`: a normal LLaVA folder (model, processor, card) in `out`."""
-    model = trained_model(weights)
-    model.save_pretrained(out)
-    processor().save_pretrained(out)
-    if CARD.is_file():
-        (out / "README.md").write_text(CARD.read_text(encoding="utf-8"), encoding="utf-8")
-
-
-def _metadata(path: Path) -> dict[str, str]:
-    from safetensors import safe_open
-
-    with safe_open(str(path), framework="pt") as f:
-        return f.metadata() or {}
-
+LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 # --- LoRA (a few lines, merged at build time) ----------------------------------------------
 
@@ -404,7 +296,7 @@ def train(out: str | Path, cfg: TrainConfig = TrainConfig(), log: Callable[[str]
         build(folder, out / "tiny-llava.safetensors")
         from layercut import models
 
-        adapter = models.load(str(folder))
+        adapter = models.load(folder)
         log(f"evaluating {cfg.eval_limit} held-out questions per task, true and shuffled images")
         result["eval"] = evaluate_tasks(adapter, limit=cfg.eval_limit)
     result["seconds"] = time.perf_counter() - t0
@@ -461,112 +353,3 @@ def _cosine(step: int, total: int) -> float:
 
 def _mean(xs: list[float]) -> float:
     return sum(xs) / max(len(xs), 1)
-
-
-# --- evaluation: per task, true vs shuffled images ------------------------------------------
-
-
-def evaluate_tasks(adapter: Any, limit: int = 40, drop: list[int] | None = None,
-                   kinds: tuple[str, ...] = ("choice",), batch_size: int = 8) -> dict[str, Any]:
-    """{family: {kind: {"true"|"shuffled": {"all": value, task: value}}}} on the test split.
-
-    `limit` questions per task (families have five tasks each)."""
-    from layercut.evaluation import evaluate, prepare
-    from layercut.evaluation.tasks import get_task
-    from layercut.surgery import skipped
-
-    names = {"choice": "", "nll": "-nll", "generate": "-gen"}
-    metric = {"choice": "accuracy", "nll": "nll", "generate": "accuracy"}
-    results: dict[str, Any] = {}
-    for family, tasks in vision.FAMILIES.items():
-        n = limit * len(tasks)
-        for kind in kinds:
-            for images in ("true", "shuffled"):
-                name = family + names[kind] + ("" if images == "true" else ":shuffled")
-                prepared = prepare(get_task(name), adapter, limit=n)
-                details: list = []
-                with skipped(adapter, drop or []):
-                    total = evaluate(adapter, prepared, batch_size=batch_size, details=details)
-                per = _per_task(details, kind)
-                per["all"] = total[metric[kind]]
-                results.setdefault(family, {}).setdefault(kind, {})[images] = per
-    return results
-
-
-def _per_task(details: list[dict], kind: str) -> dict[str, float]:
-    sums: dict[str, list[float]] = {}
-    for d in details:
-        t = d["id"].split("/")[0]
-        if kind == "choice":
-            v, w = float(d["pick"] == d["gold"]), 1.0
-        elif kind == "nll":
-            v, w = d["nll"] * d["tokens"], d["tokens"]
-        else:
-            v, w = float(d["correct"]), 1.0
-        s = sums.setdefault(t, [0.0, 0.0])
-        s[0] += v
-        s[1] += w
-    return {t: s[0] / max(s[1], 1e-9) for t, s in sums.items()}
-
-
-# --- the gates `layercut zoo eval tiny-llava` prints ---------------------------------------
-
-GATE_ACCURACY = 0.6  # choice accuracy per family, true images
-GATE_GROUNDING = 0.25  # true - shuffled choice accuracy per family
-GATE_PRUNED = 0.7  # with 2 layers dropped by the best method: share of the unpruned accuracy
-PRUNE_METHODS = ("math", "general", "mixed", "bi", "block", "last", "uniform", "spacing")
-
-
-def vision_scores(adapter: Any, n_per_domain: int = 32, scope: str = "all", seed: int = 0) -> Any:
-    """Layer scores on the calib split: math-vision as "math", general-vision as "general"."""
-    import tempfile
-
-    from layercut import api
-    from layercut.data import builtin
-
-    with tempfile.TemporaryDirectory(prefix="layercut-vision-calib-") as tmp:
-        samples = builtin.build_samples("vision", n_per_domain, seed, "calib", image_dir=Path(tmp))
-        return api.score(adapter, samples, scope=scope, batch_size=8)
-
-
-def gates(adapter: Any, limit: int = 20, budget: int = 2, kinds: tuple[str, ...] = ("choice",),
-          methods: tuple[str, ...] = PRUNE_METHODS, calib_n: int = 32,
-          log: Callable[[str], None] = print) -> dict[str, Any]:
-    """Unpruned metrics (true vs shuffled images), the best `budget`-layer drop among `methods`
-    (scored on the calib split), its metrics, and the three gates per family."""
-    from layercut import api
-
-    t0 = time.perf_counter()
-    unpruned = evaluate_tasks(adapter, limit=limit, kinds=kinds)
-    log(f"unpruned: {time.perf_counter() - t0:.0f} s")
-    scores = vision_scores(adapter, calib_n)
-    picks: dict[tuple[int, ...], list[str]] = {}
-    for m in methods:
-        picks.setdefault(tuple(sorted(api.select(scores, m, budget).drop)), []).append(m)
-    tried = []
-    for drop, ms in picks.items():
-        ev = evaluate_tasks(adapter, limit=limit, drop=list(drop), kinds=("choice",))
-        accs = {f: ev[f]["choice"]["true"]["all"] for f in ev}
-        tried.append({"drop": list(drop), "methods": ms, "choice": accs,
-                      "mean": sum(accs.values()) / len(accs)})
-        log(f"drop {list(drop)} ({', '.join(ms)}): " +
-            ", ".join(f"{f} {a:.3f}" for f, a in accs.items()) + f" ({time.perf_counter() - t0:.0f} s)")
-    best = max(tried, key=lambda r: r["mean"])
-    pruned = evaluate_tasks(adapter, limit=limit, drop=best["drop"], kinds=kinds)
-    table = []
-    for family in vision.FAMILIES:
-        t = unpruned[family]["choice"]["true"]["all"]
-        s = unpruned[family]["choice"]["shuffled"]["all"]
-        p = pruned[family]["choice"]["true"]["all"]
-        table += [
-            {"family": family, "gate": f"choice accuracy >= {GATE_ACCURACY}", "value": t,
-             "threshold": GATE_ACCURACY, "passed": t >= GATE_ACCURACY},
-            {"family": family, "gate": f"true - shuffled >= {GATE_GROUNDING}", "value": t - s,
-             "threshold": GATE_GROUNDING, "passed": t - s >= GATE_GROUNDING},
-            {"family": family, "gate": f"{budget} dropped / unpruned >= {GATE_PRUNED}",
-             "value": p / t if t else 0.0, "threshold": GATE_PRUNED,
-             "passed": t > 0 and p / t >= GATE_PRUNED},
-        ]
-    return {"limit_per_task": limit, "budget": budget, "unpruned": unpruned, "pruned": pruned,
-            "best": best, "tried": tried, "gates": table, "scores": scores.to_dict(),
-            "seconds": time.perf_counter() - t0}

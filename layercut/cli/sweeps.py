@@ -1,0 +1,143 @@
+"""Many configurations at once: sweep, its report, and eval of one configuration."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.table import Table
+
+from layercut.cli import ui
+from layercut.cli.stages import DEVICE_MAP_HELP
+from layercut.errors import LayercutError
+
+
+def sweep(
+    model: str = typer.Option(..., help="Model folder, hub id or built-in name."),
+    out: Path = typer.Option(..., help="Sweep folder (results.parquet/csv, cells.jsonl, sweep.json)."),
+    scores: Optional[Path] = typer.Option(None, help="scores.json (needed by score-based methods)."),
+    methods: str = typer.Option("math,nonmath,mixed,bi,block,last,uniform,spacing", help="Comma-separated methods."),
+    budgets: str = typer.Option("0:12:2", help="start:stop:step (stop included) or a list like 0,2,4."),
+    tasks: str = typer.Option("nll-math,nll-general", help="Comma-separated tasks (see `layercut tasks`) or task YAML files."),
+    limit: Optional[int] = typer.Option(None, help="Examples per task (default: each task's own)."),
+    calib: Optional[str] = typer.Option(None, help="Calibration set (for `iterative`)."),
+    protect: str = typer.Option("default", help="'default' (first+last), 'none', or indices."),
+    hybrid_threshold: Optional[int] = typer.Option(None, help="Budget where `hybrid` switches to spacing (default: found by the regime analysis)."),
+    alpha: float = typer.Option(0.5, help="Weight of math in `mixed`."),
+    seed: int = typer.Option(0),
+    batch_size: int = typer.Option(8, min=1),
+    executor: str = typer.Option("local", help="local | ray (RAY_ADDRESS picks a cluster; else a local one)."),
+    workers: Optional[int] = typer.Option(None, help="Ray actors (each loads the model once)."),
+    resume: bool = typer.Option(False, help="Continue a killed or extended sweep in --out."),
+    report: bool = typer.Option(True, help="Write the report when done."),
+    engine: str = typer.Option("trie", help="Teacher-forced tasks: trie (shared layer prefixes) | prefix (unpruned prefix only) | plain (layer-skip views). Same numbers."),
+    cache_mem: Optional[str] = typer.Option(None, help="Bound on cached hidden states, e.g. 2GiB, 500MB or 0.25 of free RAM (default 0.5)."),
+    probe: Optional[Path] = typer.Option(None, help="probe.json from `layercut probe` (for `damage` and --guard; else probed from --calib)."),
+    guard: bool = typer.Option(False, help="Also run every method guarded (NAME+guard: the probe's critical layers protected)."),
+    heal_steps: int = typer.Option(0, min=0, help="Also evaluate every cell after N LoRA steps on --calib (task TASK+healN in the results)."),
+    dtype: str = typer.Option("fp32", help="fp32 | bf16 | fp16."),
+    device_map: Optional[str] = typer.Option(None, help=DEVICE_MAP_HELP),
+) -> None:
+    """Evaluate every method at every budget on every task; weights load once."""
+    from layercut import api
+    from layercut.selection import GUARD
+    from layercut.sweep import SweepSpec, check_folder, parse_budgets
+
+    options: dict = {"alpha": alpha}
+    if hybrid_threshold is not None:
+        options["hybrid_threshold"] = hybrid_threshold
+    names = [m.strip() for m in methods.split(",") if m.strip()]
+    if guard:
+        names += [m + GUARD for m in names if not m.endswith(GUARD) and m != "damage" and m + GUARD not in names]
+    spec = SweepSpec(
+        model=model, methods=names,
+        budgets=parse_budgets(budgets), tasks=[t.strip() for t in tasks.split(",") if t.strip()],
+        scores=str(scores) if scores else None, calib=calib, limit=limit, protect=protect, seed=seed,
+        batch_size=batch_size, options=options, engine=engine, cache_mem=cache_mem,
+        probe=str(probe) if probe else None, heal_steps=heal_steps, dtype=dtype, device_map=device_map,
+    )
+    check_folder(out, resume)  # before the progress bar: a bad --out is one line
+    with ui.progress() as bar:
+        task = bar.add_task("sweep", total=None, unit="evaluations")
+        df = api.sweep(spec, out, resume=resume, executor=executor, workers=workers,
+                       progress=lambda done, total: bar.update(task, completed=done, total=total))
+    shared = int(df.drop_duplicates(["method", "budget", "task"])["shared"].sum()) if len(df) else 0
+    ui.out_console.print(f"{len(df)} result rows ({shared} cells reused another cell's drop set) in {out}")
+    if report:
+        from layercut.report import write_report
+
+        folder = write_report(out)
+        ui.out_console.print(f"report: {folder / 'report.html'}")
+
+
+def report(
+    sweep_dir: Path = typer.Argument(..., help="A folder written by `layercut sweep`."),
+    out: Optional[Path] = typer.Option(None, help="Report folder (default SWEEP_DIR/report, replaced)."),
+) -> None:
+    """Regime analysis, plots and report.html/report.md of a sweep."""
+    from layercut.io import check_out
+    from layercut.report import REPORT_DIR, write_report
+
+    if not sweep_dir.is_dir():
+        raise LayercutError(f"sweep folder '{sweep_dir}' not found: run `layercut sweep --out {sweep_dir}` first")
+    check_out(out or sweep_dir / REPORT_DIR, overwrite=True)
+    folder = write_report(sweep_dir, out)
+    ui.out_console.print(f"wrote {folder / 'report.md'} and {folder / 'report.html'}")
+
+
+def eval_(
+    model: str = typer.Option(..., help="Model folder, hub id or built-in name."),
+    tasks: str = typer.Option(..., help="Comma-separated tasks (layercut's, or the harness's)."),
+    drop: Optional[str] = typer.Option(None, help="Evaluate as if these layers were dropped (no copy)."),
+    limit: Optional[int] = typer.Option(None, help="Examples per task."),
+    harness: str = typer.Option("layercut", help="layercut | lm-eval | lmms-eval"),
+    include_path: Optional[Path] = typer.Option(None, help="Folder of extra task YAMLs (lm-eval, lmms-eval)."),
+    judge_url: Optional[str] = typer.Option(None, help="OpenAI-compatible endpoint to judge generated answers."),
+    batch_size: int = typer.Option(8, min=1),
+    out: Optional[Path] = typer.Option(None, help="Write the metrics as JSON."),
+) -> None:
+    """Evaluate a model (optionally with layers skipped) on tasks."""
+    from layercut import api, surgery
+    from layercut.io import atomic_file, check_out
+
+    if out is not None:
+        check_out(out)
+    adapter = api.load_model(model)
+    names = [t.strip() for t in tasks.split(",") if t.strip()]
+    drop_list = ui.layer_list(drop, "--drop") or []
+    if drop_list:
+        surgery.check_drop(drop_list, adapter.num_layers, adapter.protected_layers())
+    results: dict = {}
+    with surgery.skipped(adapter, drop_list):
+        if harness == "layercut":
+            from layercut.evaluation import evaluate, prepare
+
+            for name in names:
+                with ui.console.status(f"evaluating {name}"):
+                    prepared = prepare(name, adapter, limit=limit)
+                    results[name] = evaluate(adapter, prepared, batch_size=batch_size, judge_url=judge_url)
+        elif harness == "lm-eval":
+            from layercut.bridges.lm_eval_bridge import run_lm_eval
+
+            results = run_lm_eval(adapter, names, include_path=str(include_path) if include_path else None,
+                                  limit=limit, batch_size=batch_size)
+        elif harness == "lmms-eval":
+            from layercut.bridges.lmms_eval_plugin import run_lmms_eval
+
+            results = run_lmms_eval(adapter, names, include_path=str(include_path) if include_path else None,
+                                    limit=limit, batch_size=batch_size)
+        else:
+            raise LayercutError(f"unknown harness '{harness}': use layercut, lm-eval or lmms-eval")
+    table = Table(title=f"{model}" + (f" without layers {drop_list}" if drop_list else ""))
+    for col in ("task", "metric", "value"):
+        table.add_column(col)
+    for name, metrics in results.items():
+        for k, v in metrics.items():
+            table.add_row(name, k, f"{v:.4f}" if isinstance(v, float) else str(v))
+    ui.out_console.print(table)
+    if out is not None:
+        with atomic_file(out) as tmp:
+            tmp.write_text(json.dumps(results, indent=1) + "\n")
+

@@ -1,0 +1,95 @@
+"""What the commands and the demo show: two consoles (tables and results on stdout, progress and
+messages on stderr), the one progress-bar layout, the layer-scores table, and scoring with a
+live tokens/s bar.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any, Optional
+
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+
+from layercut.errors import LayercutError
+
+console = Console(stderr=True)
+out_console = Console()
+
+
+def quiet_libraries() -> None:
+    """Offline, and no transformers warnings or progress bars between ours."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    import transformers
+
+    transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+
+
+def progress() -> Progress:
+    """A progress bar on stderr; each task carries a `unit` field (samples, evaluations, ...)."""
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total} {task.fields[unit]}"),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=console,
+        transient=False,
+    )
+
+
+def layer_list(value: Optional[str], what: str) -> Optional[list[int]]:
+    """'3,10,20' -> [3, 10, 20]; None stays None."""
+    if value is None:
+        return None
+    try:
+        return [int(x) for x in value.split(",") if x.strip()]
+    except ValueError:
+        raise LayercutError(f"{what} '{value}': give comma-separated layer indices like 3,10,20") from None
+
+
+def scores_table(scores: Any, title: str = "Layer scores (mean cosine of layer input vs output)") -> Table:
+    """Per-domain cosine per layer, plus the difference of the first two domains."""
+    names = list(scores.domains)
+    table = Table(title=title, show_lines=False)
+    table.add_column("layer", justify="right")
+    for n in names:
+        table.add_column(f"cos {n}", justify="right")
+    if len(names) >= 2:
+        table.add_column(f"{names[0]} − {names[1]}", justify="right")
+    for i in range(scores.num_layers):
+        vals = [scores.domains[n].cosine[i] for n in names]
+        row = [str(i)] + [f"{v:.4f}" for v in vals]
+        if len(names) >= 2:
+            row.append(f"{vals[0] - vals[1]:+.4f}")
+        table.add_row(*row)
+    return table
+
+
+def score_with_progress(model: Any, calib: Any, **kwargs: Any) -> tuple[Any, Any]:
+    """`api.score` with a rich progress bar over calibration samples; (adapter, scores)."""
+    from layercut import api
+
+    samples = api.calibration(calib)  # a bad file fails before the model loads
+    adapter = api.load_model(model, kwargs.pop("dtype", "fp32"), kwargs.pop("device_map", None),
+                             kwargs.pop("offload_folder", None))
+    start, tokens = time.perf_counter(), 0
+
+    def advance(batch: Any) -> None:
+        nonlocal tokens
+        tokens += batch.tokens
+        rate = tokens / max(time.perf_counter() - start, 1e-9)
+        bar.update(task, advance=batch.samples, description=f"scoring {rate:,.0f} tokens/s")
+
+    with progress() as bar:
+        task = bar.add_task("scoring", total=len(samples), unit="samples")
+        scores = api.score(adapter, samples, progress=advance, **kwargs)
+    if not isinstance(calib, list):  # the name the user gave, not "in-memory"
+        scores.meta["calibration"] = str(calib)
+    for line in scores.nonfinite_report():
+        console.print(f"[bold yellow]warning:[/bold yellow] {line}", highlight=False, soft_wrap=True)
+    return adapter, scores

@@ -1,0 +1,164 @@
+"""Generation: the generate kind.
+
+generate: greedy, batched with left padding, stopped at `until` (and EOS), cut at the first stop
+string, answer extracted by the task's extractor (or judged by an OpenAI-compatible endpoint),
+compared with the gold answer -> {"accuracy", "n"}. Few-shot examples are the same for every
+prompt: their KV cache is computed once per evaluation and shared (checked once per prepared task
+against plain generation, as for choice in `teacher`; see `check_prefix`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+import torch
+
+from layercut.evaluation.batching import Context, Prepared, collate
+from layercut.evaluation.extract import EXTRACTORS, is_equiv
+from layercut.evaluation.tasks import TaskSpec
+
+
+def evaluate_generate(adapter: Any, prepared: Prepared, batch_size: int, judge_url: str | None,
+                      judge_model: str, details: list | None) -> dict[str, float]:
+    spec = prepared.task
+    outputs = generate(adapter, [it.context for it in prepared.items], spec.max_new_tokens,
+                       prepared.stop, batch_size, prefix_len=prepared.prefix_len)
+    extractor = EXTRACTORS[spec.extractor]
+    hits = 0
+    for it, text in zip(prepared.items, outputs):
+        if judge_url:
+            from layercut.evaluation.judge import judge
+
+            pred, ok = None, judge(judge_url, it.question, str(it.gold), text, model=judge_model)
+        else:
+            pred = extractor(text)
+            ok = _compare(spec, pred, str(it.gold))
+        hits += bool(ok)
+        if details is not None:
+            details.append({"id": it.id, "output": text, "extracted": pred, "gold": it.gold,
+                            "correct": bool(ok)})
+    n = len(prepared.items)
+    return {"accuracy": hits / n, "n": float(n)}
+
+
+def _compare(spec: TaskSpec, pred: str | None, gold: str) -> bool:
+    if pred is None:
+        return False
+    if spec.metric == "math_equiv":
+        return is_equiv(pred, gold)
+    extractor = EXTRACTORS[spec.extractor]
+    # the gold answer goes through the same normalisation as the prediction
+    return pred == (extractor(gold) or gold.strip())
+
+
+def generate(adapter: Any, contexts: list[Context], max_new_tokens: int, stop: Iterable[str],
+             batch_size: int, prefix_len: int = 0) -> list[str]:
+    """Greedy continuations (decoded, cut at the first stop string), in the order given.
+
+    With `prefix_len`, every context starts with the same `prefix_len` tokens (few-shot
+    examples): they are run once and their KV cache is shared by every row, whose own tokens are
+    left-padded after the prefix ([prefix | pad | rest]; positions follow the attention mask)."""
+    tok = adapter.tokenizer
+    stop = [s for s in stop if s]
+    kwargs: dict[str, Any] = {"max_new_tokens": max_new_tokens}
+    if stop:
+        kwargs.update(stop_strings=stop, tokenizer=tok)
+    prefix_cache = _prefix_cache(adapter, contexts[0], prefix_len)
+    outputs = [""] * len(contexts)
+    order = sorted(range(len(contexts)), key=lambda i: -len(contexts[i].ids))
+    for start in range(0, len(order), batch_size):
+        chunk = order[start:start + batch_size]
+        width, out = _generate_batch(adapter, [contexts[i] for i in chunk], prefix_len,
+                                     prefix_cache, **kwargs)
+        for r, i in enumerate(chunk):
+            outputs[i] = _cut(tok.decode(out[r, width:], skip_special_tokens=True), stop)
+    return outputs
+
+
+def _prefix_cache(adapter: Any, context: Context, prefix_len: int) -> Any:
+    if not prefix_len:
+        return None
+    inputs = collate(adapter, [context.ids[:prefix_len]], [{}], [{}], left=True)
+    return adapter.model(**inputs, use_cache=True).cache
+
+
+def _generate_batch(adapter: Any, ctxs: list[Context], prefix_len: int, prefix_cache: Any,
+                    **kwargs: Any) -> tuple[int, Any]:
+    """(prompt width, `generate` output) for one batch, left-padded (after the prefix)."""
+    if prefix_cache is not None:
+        inputs = collate(adapter, [c.ids[prefix_len:] for c in ctxs], [{}] * len(ctxs),
+                         [{}] * len(ctxs), left=True, prefix=ctxs[0].ids[:prefix_len])
+        cache = copy.deepcopy(prefix_cache)
+        cache.batch_repeat_interleave(len(ctxs))
+        kwargs["cache"] = cache
+    else:
+        inputs = collate(adapter, [c.ids for c in ctxs], [c.seq for c in ctxs],
+                         [c.extras for c in ctxs], left=True)
+    tok = adapter.tokenizer
+    with _quiet_generation(adapter.model):
+        out = adapter.model.generate(**inputs, do_sample=False, num_beams=1,
+                                     pad_token_id=getattr(tok, "pad_token_id", None), **kwargs)
+    return inputs["input_ids"].shape[1], out
+
+
+def common_prefix(contexts: list[Context], minimum: int = 32) -> int:
+    """Tokens shared by the start of every text-only context (0 when fewer than `minimum`)."""
+    if len(contexts) < 2 or any(c.seq or c.extras for c in contexts):
+        return 0
+    first = contexts[0].ids
+    n = min(len(c.ids) for c in contexts) - 1  # every row keeps at least one token of its own
+    for c in contexts[1:]:
+        same = (c.ids[:n] == first[:n]).long()
+        n = int(same.cumprod(0).sum()) if n > 0 else 0
+    return n if n >= minimum else 0
+
+
+def check_prefix(adapter: Any, contexts: list[Context], prefix_len: int, tol: float = 1e-3) -> bool:
+    """Whether sharing the prefix cache gives this model's plain greedy logits (a few steps on
+    the first two prompts); any error or mismatch keeps plain rows."""
+    if not prefix_len:
+        return False
+    sample = contexts[:2]
+    kwargs = {"max_new_tokens": 3, "output_logits": True, "return_dict_in_generate": True}
+    try:
+        with torch.no_grad():
+            cache = _prefix_cache(adapter, sample[0], prefix_len)
+            _, shared = _generate_batch(adapter, sample, prefix_len, cache, **kwargs)
+            _, plain = _generate_batch(adapter, sample, 0, None, **kwargs)
+    except Exception:  # noqa: BLE001 (a family's cache/positions do not allow it: plain rows)
+        return False
+    return len(shared.logits) == len(plain.logits) and all(
+        torch.allclose(x.float(), y.float(), atol=tol, rtol=tol)
+        for x, y in zip(shared.logits, plain.logits))
+
+
+def _cut(text: str, stop: Iterable[str]) -> str:
+    for s in stop:
+        k = text.find(s)
+        if k >= 0:
+            text = text[:k]
+    return text
+
+
+@contextlib.contextmanager
+def _quiet_generation(model: Any) -> Iterator[None]:
+    """Greedy decoding without warnings about the model's own sampling defaults."""
+    gc = getattr(model, "generation_config", None)
+    saved = {}
+    if gc is not None:
+        for name in ("temperature", "top_p", "top_k", "typical_p", "min_p"):
+            if getattr(gc, name, None) is not None:
+                saved[name] = getattr(gc, name)
+                setattr(gc, name, None)
+        saved_sample = gc.do_sample
+        gc.do_sample = False
+    try:
+        yield
+    finally:
+        if gc is not None:
+            for name, v in saved.items():
+                setattr(gc, name, v)
+            gc.do_sample = saved_sample

@@ -1,0 +1,52 @@
+"""`layercut report`: a sweep folder in, SWEEP_DIR/report/ out.
+
+The folder gets PNG plots, `report.md` (tables that point at the PNGs), one self-contained
+`report.html` (the same document with every image inlined as a data URI: mail it, open it
+offline) and `analysis.json` (the `regimes.Analysis` behind every number). The regimes, their
+boundaries and the claim verdicts come from `layercut.regimes`; this package only draws and writes.
+It is written to a temporary sibling and renamed, so a re-run replaces it whole or not at all.
+
+Plots (matplotlib, no pyplot state):
+  curves_<metric>.png   metric vs budget per method, one panel per task and per domain, the three
+                        regimes shaded
+  spread_<metric>.png   spread across methods vs budget with the noise floor and the half-peak
+                        line, Kendall tau to the next budget on the right axis
+  layer_scores.png      cosine per layer per domain, and 1 - cosine on a log scale (scores.json)
+  block_distance.png    Gromov angular distance d(start, size) heatmaps (scores.json)
+  dropped_layers.png    per method: budgets x layers, the dropped layers filled in
+
+- `sweep_folder`: `read_sweep` and its `Sweep` (results table, sweep.json, scores, probe), and
+  the small readers of them that the figures and the document share.
+- `plotting`: the look every figure shares (panels, method styles, regime shading, budget axis).
+- `figures`: which figures a sweep gets (`_figures`), one `_plot_*` function per PNG.
+- `document`: the document as blocks (`_document`) and its two writers, `_markdown` and `_html`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from layercut import regimes
+from layercut.io import atomic_dir
+from layercut.report.document import _document, _html, _markdown
+from layercut.report.figures import _figures
+from layercut.report.sweep_folder import Sweep, _title, read_sweep
+
+__all__ = ["REPORT_DIR", "Sweep", "read_sweep", "write_report"]
+
+REPORT_DIR = "report"
+
+
+def write_report(sweep_dir: str | Path, out: str | Path | None = None) -> Path:
+    """Analyse the sweep in `sweep_dir` and write the report folder (default SWEEP_DIR/report,
+    replaced if it exists); returns that folder. Open `report.html` inside it."""
+    sweep = read_sweep(sweep_dir)
+    analysis = regimes.analyze(sweep.results)
+    out = Path(out) if out is not None else sweep.path / REPORT_DIR
+    with atomic_dir(out, overwrite=True) as tmp:
+        figures = _figures(sweep, analysis, tmp)
+        blocks = _document(sweep, analysis, figures)
+        (tmp / "report.md").write_text(_markdown(blocks))
+        (tmp / "report.html").write_text(_html(blocks, tmp, _title(sweep)))
+        analysis.save(tmp / "analysis.json")
+    return out

@@ -1,0 +1,104 @@
+"""What a sweep folder holds, as the report reads it: `read_sweep` and the `Sweep` it returns,
+the `Figure` record of one PNG, and the small readers of sweep.json and of the results table that
+the figures and the document both use."""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from layercut.errors import LayercutError
+from layercut.probe import DamageProfile
+from layercut.regimes import SeriesAnalysis
+from layercut.scoring import LayerScores
+
+
+@dataclass
+class Sweep:
+    """What a sweep folder holds."""
+
+    path: Path
+    results: pd.DataFrame  # the tidy results table
+    spec: dict[str, Any]  # sweep.json ({} when absent)
+    scores: LayerScores | None  # scores.json, when present
+    # scores-<scope>.json beside it (e.g. text / image / all on a VLM), when present
+    scope_scores: dict[str, LayerScores] = field(default_factory=dict)
+    probe: DamageProfile | None = None  # probe.json (single-drop damage), when present
+
+
+@dataclass
+class Figure:
+    """One PNG of the report."""
+
+    file: str
+    title: str
+    caption: str
+
+
+def read_sweep(sweep_dir: str | Path) -> Sweep:
+    """The results table (parquet, else csv), sweep.json and scores.json of a sweep folder."""
+    path = Path(sweep_dir)
+    if not path.is_dir():
+        raise LayercutError(f"sweep folder '{path}' not found: run `layercut sweep --out {path}` first")
+    parquet, csv = path / "results.parquet", path / "results.csv"
+    if parquet.is_file():
+        results = pd.read_parquet(parquet)
+    elif csv.is_file():
+        results = pd.read_csv(csv, dtype={"drop": "string", "method": str, "task": str, "domain": str})
+    else:
+        raise LayercutError(f"no results.parquet or results.csv in '{path}': run `layercut sweep` (it writes them)")
+    if "drop" in results.columns:
+        results["drop"] = results["drop"].astype("string").fillna("").astype(str)
+    spec: dict[str, Any] = {}
+    if (path / "sweep.json").is_file():
+        try:
+            spec = json.loads((path / "sweep.json").read_text())
+        except json.JSONDecodeError:
+            raise LayercutError(f"'{path / 'sweep.json'}' is not valid JSON: re-run `layercut sweep`") from None
+    scores = LayerScores.load(path / "scores.json") if (path / "scores.json").is_file() else None
+    scope_scores = {p.stem[len("scores-"):]: LayerScores.load(p)
+                    for p in sorted(path.glob("scores-*.json"))}
+    probe = DamageProfile.load(path / "probe.json") if (path / "probe.json").is_file() else None
+    return Sweep(path, results, spec, scores, scope_scores, probe)
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _title(sweep: Sweep) -> str:
+    model = sweep.spec.get("model")
+    return f"layercut sweep report: {model}" if model else f"layercut sweep report: {sweep.path.name}"
+
+
+def _num_layers(sweep: Sweep) -> int | None:
+    if "num_layers" in sweep.spec:
+        return int(sweep.spec["num_layers"])
+    return sweep.scores.num_layers if sweep.scores is not None else None
+
+
+def _protect(sweep: Sweep) -> list[int]:
+    """The resolved protected layers of sweep.json (`protected`; `protect` when it is a list)."""
+    layers = sweep.spec.get("protected")
+    if not isinstance(layers, list):
+        layers = sweep.spec.get("protect")
+    return [int(i) for i in layers] if isinstance(layers, list) else []
+
+
+def _options(spec: dict[str, Any]) -> dict[str, Any]:
+    options = spec.get("options")
+    return options if isinstance(options, dict) else {}
+
+
+def _layers(s: Any) -> list[int]:
+    if s is None or (isinstance(s, float) and math.isnan(s)):
+        return []
+    return [int(x) for x in str(s).split(",") if x.strip() and x.strip() != "<NA>"]
+
+
+def _direction(s: SeriesAnalysis) -> str:
+    return "higher is better" if s.higher_is_better else "lower is better"

@@ -1,0 +1,225 @@
+"""Every method at every budget on every task, with the weights loaded once.
+
+A sweep is a plan of cells (method, budget, task). Each method's selection at each budget gives a
+drop set; each distinct drop set is evaluated once per task through a layer-skip view of the one
+loaded model (`surgery.skipped`: no reload, no copy, KV cache still right), and its result is
+fanned out to every cell that chose the same set (marked `shared`).
+
+Results stream to `cells.jsonl`, one fsync'd line per evaluated (drop set, task), and the tidy
+table `results.parquet` + `results.csv` is rewritten after each. A sweep killed at any moment
+resumes with `resume=True`: finished lines are kept, a torn last line is dropped, nothing is
+evaluated twice. `executor="ray"` spreads (drop set, task) units over Ray actors that each load
+the model once.
+
+Teacher-forced tasks (nll, choice) go through `engine.SharedWork` by default (`engine="trie"`): the
+distinct drop sets of a task are ordered as a trie over their kept-layer sequences, each shared
+prefix of layers is computed once (within `cache_mem` bytes of stored hidden states), and the LM
+head runs only at scored positions. `engine="prefix"` only reuses the unpruned model's layers up to
+each set's first dropped layer; `engine="plain"` runs every set as a full layer-skip view (as
+generative tasks always do). All three give the same numbers.
+
+`hybrid` needs the budget where spacing takes over: unless given, the sweep first runs the other
+methods, finds the structure-dominated regime in their results (`regimes.hybrid_threshold`), and
+then plans the hybrid cells.
+
+Here: planning and `run_sweep`. `spec`: what a sweep is (sweep.json) and its units of work;
+`log`: cells.jsonl and the tidy tables; `workers`: the local and Ray executors.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+import pandas as pd
+
+from layercut.errors import LayercutError
+from layercut.selection import GUARD
+from layercut.sweep.log import COLUMNS, LOG_FILE, ResultsLog
+from layercut.sweep.spec import ENGINES, HEAL_TAG, PROBE_FILE, SPEC_FILE, SweepSpec, Unit, parse_budgets
+from layercut.sweep.workers import Worker, run_local, run_ray
+
+__all__ = ["COLUMNS", "HEAL_TAG", "LOG_FILE", "PROBE_FILE", "SPEC_FILE", "ResultsLog", "SweepSpec", "Unit",
+           "check_folder", "parse_budgets", "plan_selections", "run_sweep"]
+
+
+# --------------------------------------------------------------------------- planning
+
+
+def plan_selections(
+    spec: SweepSpec, scores: Any, adapter: Any = None, methods: Iterable[str] | None = None
+) -> dict[tuple[str, int], list[int]]:
+    """(method, budget) -> drop list, for the given methods (default: the spec's)."""
+    from layercut import selection
+    from layercut.data.calibration import calibration
+    from layercut.engine import calibration_loss_fn
+
+    methods = list(spec.methods if methods is None else methods)
+    protect = set(spec.protected)
+    options = {k: v for k, v in spec.options.items() if k in ("alpha", "min_gap", "domain")}
+    if spec.probe:
+        from layercut.probe import DamageProfile
+
+        profile = DamageProfile.load(spec.probe)
+        options.update(damage=profile.damage(options.get("domain") or "all"), guard=profile.flagged)
+    picks: dict[tuple[str, int], list[int]] = {}
+    for method in methods:
+        base = method.removesuffix(selection.GUARD)
+        if base == "iterative":
+            # Greedy and deterministic: the budget-k choice is the first k of the largest run.
+            loss_fn = calibration_loss_fn(adapter, calibration(spec.calib), engine=spec.engine,
+                                          cache_mem=spec.cache_mem)
+            top = max(spec.budgets)
+            sel = selection.select(scores, method, top, num_layers=spec.num_layers, protect=protect,
+                                   loss_fn=loss_fn, guard=options.get("guard"))
+            for k in spec.budgets:
+                picks[(method, k)] = sel.drop[:k]
+            continue
+        extra = {"threshold": spec.options.get("hybrid_threshold")} if base == "hybrid" else {}
+        for k in spec.budgets:
+            sel = selection.select(
+                scores, method, k, num_layers=spec.num_layers, protect=protect, seed=spec.seed,
+                **options, **extra,
+            )
+            picks[(method, k)] = sel.drop
+    return picks
+
+
+
+# --------------------------------------------------------------------------- the sweep
+
+
+def run_sweep(
+    spec: SweepSpec,
+    out: str | Path,
+    *,
+    model_path: str | None = None,
+    resume: bool = False,
+    executor: str = "local",
+    workers: int | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> pd.DataFrame:
+    """Run (or resume) a sweep into `out`; returns the tidy results table.
+
+    The model is loaded from `model_path` (default `spec.model`, a folder or hub id; a zoo name
+    is resolved by `api.sweep`), once per worker."""
+    from layercut import models
+    from layercut.evaluation import get_task
+    from layercut.scoring import LayerScores
+    from layercut.selection import protect_set
+
+    out = check_folder(out, resume)
+    if executor not in ("local", "ray"):
+        raise LayercutError(f"unknown executor '{executor}': use local or ray")
+    if resume:
+        saved = SweepSpec.load(out / SPEC_FILE)
+        if (saved.methods, saved.budgets, saved.tasks, saved.model) != (spec.methods, spec.budgets, spec.tasks, spec.model):
+            raise LayercutError(f"'{out}' holds a different sweep: resume with the same model, methods, budgets and tasks")
+        saved.engine, saved.cache_mem = spec.engine, spec.cache_mem  # how, not what: may change
+        spec = saved
+    domains = {t: get_task(t).domain for t in spec.tasks}
+
+    scores = LayerScores.load(spec.scores) if spec.scores else None
+    if spec.heal_steps < 0 or (spec.heal_steps and not spec.calib):
+        raise LayercutError("--heal-steps heals every cell on the calibration data: give a positive "
+                            "number of steps and --calib")
+    if spec.engine not in ENGINES:
+        raise LayercutError(f"unknown engine '{spec.engine}': use {', '.join(ENGINES)}")
+    if spec.cache_mem is not None:
+        from layercut.engine import parse_mem
+
+        parse_mem(spec.cache_mem)  # a bad size fails now, not after the model loads
+    path = model_path or spec.model
+    worker = Worker(spec, path) if executor == "local" else None
+    adapter = worker.adapter if worker else models.load_model(path, spec.dtype, spec.device_map, source=spec.model)
+    spec.num_layers = adapter.num_layers
+    spec.protected = sorted(protect_set(spec.num_layers, spec.protect, adapter.protected_layers()))
+    if scores is not None and scores.num_layers != spec.num_layers:
+        raise LayercutError(f"the scores are for {scores.num_layers} layers, the model has {spec.num_layers}: re-score")
+    if max(spec.budgets) >= spec.num_layers:
+        raise LayercutError(f"budget {max(spec.budgets)} >= {spec.num_layers} layers: lower --budgets")
+
+    out.mkdir(parents=True, exist_ok=True)
+    if not resume:
+        if scores is not None:
+            scores.save(out / "scores.json")
+        _probe_into(spec, out, adapter)
+        spec.save(out / SPEC_FILE)
+    log = ResultsLog(out, domains)
+
+    hybrid = [m for m in spec.methods if m.removesuffix(GUARD) == "hybrid"]
+    phases = [[m for m in spec.methods if m not in hybrid]] + ([hybrid] if hybrid else [])
+    picks: dict[tuple[str, int], list[int]] = {}
+    for methods in phases:
+        if methods == hybrid and spec.options.get("hybrid_threshold") is None:
+            found = _threshold_from(log.table(picks, spec.tasks))  # before healing
+            # No structure-dominated regime in range: hybrid stays a pure ranking method.
+            spec.options["hybrid_threshold"] = found if found is not None else max(spec.budgets) + 1
+            spec.options["hybrid_threshold_found"] = found is not None
+            spec.save(out / SPEC_FILE)
+        picks.update(plan_selections(spec, scores, adapter, methods))
+        heals = [0, spec.heal_steps] if spec.heal_steps else [0]
+        units = list(dict.fromkeys(
+            Unit(tuple(sorted(drop)), t, h) for h in heals for drop in picks.values() for t in spec.tasks
+        ))
+        todo = [u for u in units if u.key not in log.done]
+        total, done = len(units), len(units) - len(todo)
+        if progress:
+            progress(done, total)
+
+        def on_result(unit: Unit, metrics: dict[str, float], seconds: float) -> None:
+            nonlocal done
+            log.add(unit, metrics, seconds)
+            log.write_tables(picks, spec.tasks, spec.heal_steps)
+            done += 1
+            if progress:
+                progress(done, total)
+
+        if executor == "local":
+            run_local(worker, todo, on_result)
+        else:
+            run_ray(spec, path, todo, on_result, workers)
+    return log.write_tables(picks, spec.tasks, spec.heal_steps)
+
+
+def check_folder(out: str | Path, resume: bool = False) -> Path:
+    """The sweep folder, checked before any work: new (or, to resume, one holding a sweep) and in
+    a place that can be written."""
+    from layercut.io import check_out
+
+    out = Path(out)
+    if out.exists() and not resume:
+        raise LayercutError(f"sweep folder '{out}' already exists: pass --resume to continue it, or another --out")
+    check_out(out, overwrite=resume)
+    if resume and not (out / SPEC_FILE).is_file():
+        raise LayercutError(f"nothing to resume in '{out}' (no {SPEC_FILE}): start the sweep without --resume")
+    return out
+
+
+def _probe_into(spec: SweepSpec, out: Path, adapter: Any) -> None:
+    """Put the damage profile the methods need into the sweep folder (probing now if none is
+    given) and point the spec at it; the report draws it from there."""
+    from layercut.probe import DamageProfile
+
+    needs = any(m.endswith(GUARD) or m == "damage" for m in spec.methods)
+    if spec.probe:
+        DamageProfile.load(spec.probe).save(out / PROBE_FILE)
+    elif needs:
+        if not spec.calib:
+            raise LayercutError("methods 'damage' and NAME+guard need a probe: pass --probe probe.json "
+                                "(from `layercut probe`) or --calib to probe now")
+        from layercut.data.calibration import calibration
+        from layercut.probe import probe_samples
+
+        probe_samples(adapter, calibration(spec.calib), cache_mem=spec.cache_mem).save(out / PROBE_FILE)
+    else:
+        return
+    spec.probe = str(out / PROBE_FILE)
+
+
+def _threshold_from(results: pd.DataFrame) -> int | None:
+    from layercut.regimes import analyze, hybrid_threshold
+
+    if results.empty:
+        return None
+    return hybrid_threshold(analyze(results))

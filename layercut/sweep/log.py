@@ -1,0 +1,91 @@
+"""The results log of a sweep: one fsync'd JSON line per evaluated unit in cells.jsonl, and the
+tidy table (results.parquet + results.csv) derived from it after every line. A sweep killed at any
+moment resumes from it: finished lines are kept, a torn last line is dropped.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from layercut.sweep.spec import Unit
+
+LOG_FILE = "cells.jsonl"
+COLUMNS = [
+    "method", "budget", "task", "domain", "metric", "value", "higher_is_better",
+    "drop", "n", "seconds", "shared",
+]
+
+
+
+class ResultsLog:
+    """Append-only JSON lines, fsync'd; the tidy tables are derived from it after every line."""
+
+    def __init__(self, folder: Path, domains: dict[str, str]) -> None:
+        self.folder = folder
+        self.path = folder / LOG_FILE
+        self.domains = domains
+        self.done: dict[str, dict[str, Any]] = {}
+        if self.path.exists():
+            self._read()
+
+    def _read(self) -> None:
+        raw = self.path.read_bytes()
+        end = raw.rfind(b"\n") + 1
+        if end < len(raw):  # a torn last line from a kill: drop it
+            with open(self.path, "r+b") as f:
+                f.truncate(end)
+        for line in raw[:end].decode().splitlines():
+            if line.strip():
+                rec = json.loads(line)
+                self.done[rec["key"]] = rec
+
+    def add(self, unit: Unit, metrics: dict[str, float], seconds: float) -> None:
+        rec = {"key": unit.key, "task": unit.task, "drop": list(unit.drop), "metrics": metrics,
+               "seconds": seconds, "heal": unit.heal}
+        with open(self.path, "a") as f:
+            f.write(json.dumps(rec) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        self.done[unit.key] = rec
+
+    def table(self, picks: dict[tuple[str, int], list[int]], tasks: list[str], heal: int = 0) -> pd.DataFrame:
+        """One row per (method, budget, task, metric) whose unit is done; with `heal`, healed
+        cells again as task TASK+healN of domain DOMAIN+healN."""
+        from layercut.evaluation import HIGHER_IS_BETTER
+
+        rows = []
+        first_owner: dict[str, tuple[str, int]] = {}
+        for (method, budget), drop in picks.items():
+            for task, steps in [(t, h) for h in ([0, heal] if heal else [0]) for t in tasks]:
+                unit = Unit(tuple(sorted(drop)), task, steps)
+                rec = self.done.get(unit.key)
+                if rec is None:
+                    continue
+                owner = first_owner.setdefault(unit.key, (method, budget))
+                for metric, value in rec["metrics"].items():
+                    if metric not in HIGHER_IS_BETTER:
+                        continue
+                    rows.append({
+                        "method": method, "budget": budget, "task": task + unit.label[0],
+                        "domain": self.domains.get(task, "") + unit.label[1], "metric": metric,
+                        "value": float(value),
+                        "higher_is_better": HIGHER_IS_BETTER[metric],
+                        "drop": ",".join(map(str, drop)), "n": int(rec["metrics"].get("n", 0)),
+                        "seconds": rec["seconds"], "shared": owner != (method, budget),
+                    })
+        return pd.DataFrame(rows, columns=COLUMNS)
+
+    def write_tables(self, picks: dict[tuple[str, int], list[int]], tasks: list[str], heal: int = 0) -> pd.DataFrame:
+        from layercut.io import atomic_file
+
+        df = self.table(picks, tasks, heal)
+        with atomic_file(self.folder / "results.parquet", overwrite=True) as tmp:
+            df.to_parquet(tmp, index=False)
+        with atomic_file(self.folder / "results.csv", overwrite=True) as tmp:
+            df.to_csv(tmp, index=False)
+        return df

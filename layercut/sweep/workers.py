@@ -1,0 +1,137 @@
+"""Who evaluates a sweep's units: a worker holds one loaded model and its prepared tasks; the
+local executor runs one worker in this process, the Ray executor one actor per CPU (or GPU) that
+each load the model once and take trie-ordered chunks of units as they come free.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any, Callable, Iterator
+
+from layercut.errors import LayercutError
+from layercut.sweep.spec import SweepSpec, Unit
+
+
+class Worker:
+    """Holds one loaded model and its prepared tasks; evaluates units of work on it.
+
+    `path` is where the model is (the caller resolved a zoo name in `spec.model` to it)."""
+
+    def __init__(self, spec: SweepSpec, path: str) -> None:
+        from layercut import models
+        from layercut.evaluation import prepare
+
+        self.adapter = models.load_model(path, spec.dtype, spec.device_map, source=spec.model)
+        self.spec = spec
+        self.prepared = {t: prepare(t, self.adapter, limit=spec.limit, seed=spec.seed) for t in spec.tasks}
+        self.shared: dict[str, Any] = {}  # task -> engine.SharedWork, made on first use
+        self.heal_data: list | None = None  # calibration samples, read on the first healed cell
+
+    def run_many(self, units: list[Unit]) -> Iterator[tuple[Unit, dict[str, float], float]]:
+        """Results as they finish: teacher-forced tasks through the shared-work engine (all of a
+        task's units at once), the others one layer-skip view per unit."""
+        from layercut import engine
+
+        by_task: dict[str, list[Unit]] = {}
+        by_drop: dict[tuple[int, ...], list[Unit]] = {}
+        for unit in units:
+            if unit.heal:
+                by_drop.setdefault(unit.drop, []).append(unit)
+            else:
+                by_task.setdefault(unit.task, []).append(unit)
+        for group in by_drop.values():
+            yield from self.run_healed(group)
+        for task, group in by_task.items():
+            prepared = self.prepared[task]
+            if self.spec.engine == "plain" or not engine.supports(prepared):
+                for unit in group:
+                    yield self.run(unit)
+                continue
+            if task not in self.shared:
+                self.shared[task] = engine.SharedWork.for_task(self.adapter, prepared, self.spec.batch_size,
+                                                      self.spec.cache_mem, mode=self.spec.engine)
+            for drop, metrics, seconds in self.shared[task].run([u.drop for u in group]):
+                yield Unit(drop, task), metrics, seconds
+
+    def run_list(self, units: list[Unit]) -> list[tuple[Unit, dict[str, float], float]]:
+        return list(self.run_many(units))
+
+    def run_healed(self, units: list[Unit]) -> Iterator[tuple[Unit, dict[str, float], float]]:
+        """One drop set healed once (LoRA on its kept layers, `heal.healed`: restored exactly
+        afterwards), then every task evaluated on it with plain forwards (healing changes every
+        layer, so no cached layer inputs apply)."""
+        from layercut import surgery
+        from layercut.data.calibration import calibration
+        from layercut.evaluation import evaluate
+        from layercut.heal import healed
+
+        if not self.spec.calib:
+            raise LayercutError("--heal-steps heals on the calibration data: pass --calib")
+        if self.heal_data is None:
+            self.heal_data = calibration(self.spec.calib)
+        t0 = time.perf_counter()
+        with surgery.skipped(self.adapter, units[0].drop), \
+                healed(self.adapter, self.heal_data, steps=units[0].heal, seed=self.spec.seed, measure=False):
+            for unit in units:
+                metrics = evaluate(self.adapter, self.prepared[unit.task], batch_size=self.spec.batch_size)
+                yield unit, {k: float(v) for k, v in metrics.items()}, time.perf_counter() - t0
+                t0 = time.perf_counter()
+
+    def run(self, unit: Unit) -> tuple[Unit, dict[str, float], float]:
+        from layercut import surgery
+        from layercut.evaluation import evaluate
+
+        t0 = time.perf_counter()
+        with surgery.skipped(self.adapter, unit.drop):
+            metrics = evaluate(self.adapter, self.prepared[unit.task], batch_size=self.spec.batch_size)
+        return unit, {k: float(v) for k, v in metrics.items()}, time.perf_counter() - t0
+
+
+def run_local(worker: Worker, units: list[Unit], on_result: Callable) -> None:
+    for result in worker.run_many(units):
+        on_result(*result)
+
+
+def _chunks(units: list[Unit], n: int) -> list[list[Unit]]:
+    """Units cut into about 4n pieces for n workers: a piece is one task's run of neighbouring
+    kept-layer sequences (trie order), so that it still shares its prefixes, or one healed drop
+    set with all its tasks, so that it is healed once."""
+    L = max((max(u.drop) for u in units if u.drop), default=0) + 1
+    ordered = sorted(units, key=lambda u: (u.heal, "" if u.heal else u.task,
+                                           tuple(i for i in range(L) if i not in u.drop), u.task))
+    size = max(1, -(-len(ordered) // (4 * n)))
+    pieces: list[list[Unit]] = []
+    for unit in ordered:
+        last = pieces[-1][0] if pieces else None
+        if last is not None and last.heal == unit.heal and (
+                last.drop == unit.drop if unit.heal else (len(pieces[-1]) < size and last.task == unit.task)):
+            pieces[-1].append(unit)
+        else:
+            pieces.append([unit])
+    return pieces
+
+
+def run_ray(spec: SweepSpec, path: str, units: list[Unit], on_result: Callable, workers: int | None) -> None:
+    try:
+        import ray
+    except ImportError:
+        raise LayercutError("--executor ray needs Ray: pip install 'layercut[ray]'") from None
+    if not ray.is_initialized():
+        ray.init(address=os.environ.get("RAY_ADDRESS"), include_dashboard=False,
+                 log_to_driver=False, num_cpus=workers)
+    n = workers or max(1, int(ray.available_resources().get("CPU", 1)))
+    actor = ray.remote(num_cpus=1)(Worker)
+    pool = [actor.remote(spec, path) for _ in range(n)]
+    pending = {}
+    queue = _chunks(units, n)
+    for a in pool:
+        if queue:
+            pending[a.run_list.remote(queue.pop(0))] = a
+    while pending:
+        done, _ = ray.wait(list(pending), num_returns=1)
+        a = pending.pop(done[0])
+        for result in ray.get(done[0]):
+            on_result(*result)
+        if queue:
+            pending[a.run_list.remote(queue.pop(0))] = a

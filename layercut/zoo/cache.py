@@ -1,0 +1,57 @@
+"""Where zoo models live once built, and how a build is kept fresh.
+
+Each entry is materialised once as a plain HF folder under the user's cache. A built folder
+records what it was built from (`STAMP`: e.g. the package version, the committed weights'
+digest); a folder built from other sources, e.g. before an upgrade of layercut's tiny-llava
+weights, is rebuilt on next use instead of being used stale.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from layercut.io import atomic_dir
+
+STAMP = "layercut-zoo.json"  # in each built folder: {"source": ZooEntry.source()}
+
+
+@dataclass(frozen=True)
+class ZooEntry:
+    name: str
+    description: str
+    build: Callable[[Path], None]
+    source: Callable[[], str]  # what a build is made from; another source means rebuild
+
+
+def cache_dir() -> Path:
+    """`$LAYERCUT_CACHE`, else `$XDG_CACHE_HOME/layercut`, else `~/.cache/layercut`."""
+    if os.environ.get("LAYERCUT_CACHE"):
+        return Path(os.environ["LAYERCUT_CACHE"])
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "layercut"
+
+
+def state(entry: ZooEntry) -> str:
+    """'built', 'stale' (built from other sources) or 'missing'."""
+    path = cache_dir() / entry.name
+    if not (path / "config.json").is_file():
+        return "missing"
+    try:
+        source = json.loads((path / STAMP).read_text())["source"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return "stale"
+    return "built" if source == entry.source() else "stale"
+
+
+def materialise(entry: ZooEntry) -> str:
+    """The entry's cached folder, built on first use and rebuilt when stale."""
+    path = cache_dir() / entry.name
+    if state(entry) != "built":
+        with atomic_dir(path, overwrite=True) as tmp:
+            entry.build(tmp)
+            (tmp / STAMP).write_text(json.dumps({"source": entry.source()}) + "\n")
+    return str(path)
