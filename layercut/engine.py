@@ -247,7 +247,11 @@ def _packing_agrees(adapter: Any, prepared: Any, tol: float = 1e-4) -> bool:
     import math
 
     from layercut.evaluation.batching import Prepared, logits_at
-    from layercut.evaluation.teacher import batch_scores, packed_batches, score_continuations
+    from layercut.evaluation.teacher import (
+        batch_scores,
+        packed_batches,
+        score_continuations,
+    )
 
     item = next((it for it in prepared.items if len(it.continuations) > 1), None)
     if item is None:

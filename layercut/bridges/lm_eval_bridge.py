@@ -22,8 +22,8 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from layercut.errors import LayercutError
 from layercut.data.encode import ensure_pad_token
+from layercut.errors import LayercutError
 
 
 def run_lm_eval(
@@ -80,7 +80,7 @@ def run_lm_eval(
     )
     if out is None:  # non-zero rank of a distributed run
         return {}
-    return {task: _plain(metrics) for task, metrics in out["results"].items()}
+    return {task: plain_metrics(metrics) for task, metrics in out["results"].items()}
 
 
 def check_tasks(task_manager: Any, tasks: list[str], include_path: str | None, harness: str, listing: str) -> None:
@@ -94,7 +94,7 @@ def check_tasks(task_manager: Any, tasks: list[str], include_path: str | None, h
         )
 
 
-def _plain(metrics: dict[str, Any]) -> dict[str, Any]:
+def plain_metrics(metrics: dict[str, Any]) -> dict[str, Any]:
     """Metric values only (no display alias or task name), numpy scalars as floats, NaN as None."""
     plain = {}
     for key, value in metrics.items():

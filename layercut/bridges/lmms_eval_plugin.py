@@ -30,8 +30,8 @@ from lmms_eval.api.instance import GenerationResult, Instance
 from lmms_eval.api.model import lmms
 from PIL import Image
 
-from layercut.errors import LayercutError
 from layercut.data.encode import ensure_pad_token
+from layercut.errors import LayercutError
 
 MODEL_ARGS = ("pretrained", "drop", "dtype", "device", "batch_size", "max_new_tokens", "chat_template")
 # lmms-eval backends usually take torch's names for dtypes
@@ -327,7 +327,7 @@ def run_lmms_eval(
     from lmms_eval import evaluator
     from lmms_eval.tasks import TaskManager
 
-    from layercut.bridges.lm_eval_bridge import _plain, check_tasks
+    from layercut.bridges.lm_eval_bridge import check_tasks, plain_metrics
 
     model = LayercutLMMS(adapter=adapter, batch_size=batch_size)
     task_manager = TaskManager(include_path=include_path, include_defaults=include_defaults)
@@ -337,7 +337,7 @@ def run_lmms_eval(
     )
     if out is None:
         return {}
-    return {task: _plain(metrics) for task, metrics in out["results"].items()}
+    return {task: plain_metrics(metrics) for task, metrics in out["results"].items()}
 
 
 def parse_drop(value: Any) -> list[int]:

@@ -6,12 +6,17 @@ from pathlib import Path
 from typing import Optional
 
 import typer
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import (
+    BarColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 from rich.table import Table
 
 from layercut.cli import ui
 from layercut.errors import LayercutError
-
 
 DEVICE_MAP_HELP = (
     "Spread the model with accelerate: auto | balanced | a JSON file {module: GPU index | 'cpu' | 'disk'}."
@@ -114,7 +119,6 @@ def select(
 ) -> None:
     """Print the ordered list of layers a method would drop."""
     from layercut import api
-
     from layercut.io import atomic_file, check_out
 
     if out is not None:

@@ -152,7 +152,7 @@ def _encode_text(adapter: Any, samples: list[Sample], max_length: int) -> dict[s
     )
 
 
-def _open_image(path: Any) -> Image.Image:
+def open_image(path: Any) -> Image.Image:
     try:
         with Image.open(path) as im:
             return im.convert("RGB")
@@ -186,7 +186,7 @@ def _encode_with_images(adapter: Any, samples: list[Sample]) -> dict[str, torch.
                     "save a chat template with the model"
                 )
             texts.append(placeholder * len(s.images) + (s.text or ""))
-    images = [[_open_image(p) for p in s.images] for s in samples]
+    images = [[open_image(p) for p in s.images] for s in samples]
     try:
         return dict(proc(text=texts, images=images, padding=True, return_tensors="pt"))
     except (ValueError, TypeError) as exc:

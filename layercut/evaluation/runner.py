@@ -200,9 +200,9 @@ def _encode_context(spec: TaskSpec, adapter: Any, tok: Any, prompt: str,
     if image is None:
         enc = tok(text, add_special_tokens=special, return_tensors="pt")
     else:
-        from layercut.data.encode import _open_image
+        from layercut.data.encode import open_image
 
-        enc = adapter.processor(text=[text], images=[[_open_image(image)]], return_tensors="pt")
+        enc = adapter.processor(text=[text], images=[[open_image(image)]], return_tensors="pt")
     enc = dict(enc)
     ids = enc.pop("input_ids")[0]
     seq, extras = {}, {}

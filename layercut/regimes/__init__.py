@@ -33,23 +33,22 @@ from layercut.regimes.changepoint import (
     RULE,
     SPACING_AWARE,
     Regime,
-    _regime,
-    _segment,
+    regime_of,
+    segment,
 )
 from layercut.regimes.series import (
     REQUIRED,
     TIE,
     BudgetStats,
-    _budget_stats,
-    _domain_raw,
-    _range_quantile,
-    _Raw,
-    _task_raw,
-    _validated,
+    RawSeries,
+    domain_raw,
     kendall_tau_b,
     range_quantile,
+    stats_per_budget,
+    task_raw,
+    validated_table,
 )
-from layercut.regimes.verdicts import FAILS, HOLDS, UNTESTABLE, Claim, _claims
+from layercut.regimes.verdicts import FAILS, HOLDS, UNTESTABLE, Claim, judge_claims
 
 __all__ = [
     "CONTIGUOUS",
@@ -226,16 +225,16 @@ def analyze(
         raise LayercutError(f"confidence {confidence} is outside (0, 1): pass e.g. 0.95")
     if rel_floor < 0.0:
         raise LayercutError(f"rel_floor {rel_floor} is negative: pass a fraction of the unpruned score, e.g. 0.02")
-    df = _validated(results)
+    df = validated_table(results)
     methods = [str(m) for m in pd.unique(df["method"])]
     budgets = sorted(int(b) for b in pd.unique(df["budget"]))
     fam = {"contiguous": [str(m) for m in contiguous], "spacing-aware": [str(m) for m in spacing_aware]}
 
     groups = df.groupby(["task", "metric"], sort=False)
-    tasks = [_task_raw(g, task, metric, methods) for (task, metric), g in groups]
-    domains: list[_Raw] = []
+    tasks = [task_raw(g, task, metric, methods) for (task, metric), g in groups]
+    domains: list[RawSeries] = []
     for (domain, metric) in dict.fromkeys((t.domain, t.metric) for t in tasks):
-        domains.append(_domain_raw(domain, metric, [t for t in tasks if (t.domain, t.metric) == (domain, metric)]))
+        domains.append(domain_raw(domain, metric, [t for t in tasks if (t.domain, t.metric) == (domain, metric)]))
     series = [_analyse(raw, fam, rel_floor, confidence) for raw in tasks + domains]
 
     metrics = list(dict.fromkeys(s.metric for s in series))
@@ -297,9 +296,9 @@ def compare_hybrid(
 # --------------------------------------------------------------------------- helpers
 
 
-def _analyse(raw: _Raw, fam: dict[str, list[str]], rel_floor: float, confidence: float) -> SeriesAnalysis:
+def _analyse(raw: RawSeries, fam: dict[str, list[str]], rel_floor: float, confidence: float) -> SeriesAnalysis:
     m = len(raw.methods)
-    q = _range_quantile(m, confidence)
+    q = range_quantile(m, confidence)
     eps = max(rel_floor, q * raw.sigma) if raw.sigma is not None else rel_floor
     noise = {
         "methods": m,
@@ -309,12 +308,12 @@ def _analyse(raw: _Raw, fam: dict[str, list[str]], rel_floor: float, confidence:
         "confidence": confidence,
         "source": "sampling" if raw.sigma is not None and q * raw.sigma > rel_floor else "rel_floor",
     }
-    stats = _budget_stats(raw, fam, eps)
-    seg = _segment(stats, eps, m, fam, raw.methods)
+    stats = stats_per_budget(raw, fam, eps)
+    seg = segment(stats, eps, m, fam, raw.methods)
     for s in stats:
         s.regime = seg.assignment.get(s.budget)
-    regimes = [_regime(i, seg, stats, raw) for i in (1, 2, 3)]
-    claims = _claims(seg, stats, eps, m, fam, raw.methods)
+    regimes = [regime_of(i, seg, stats, raw) for i in (1, 2, 3)]
+    claims = judge_claims(seg, stats, eps, m, fam, raw.methods)
     return SeriesAnalysis(
         kind=raw.kind, name=raw.name, metric=raw.metric, domain=raw.domain, tasks=raw.tasks,
         higher_is_better=raw.higher_is_better, methods=raw.methods, budgets=raw.budgets, baseline=raw.baseline,

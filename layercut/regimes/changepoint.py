@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from layercut.regimes.series import TIE, BudgetStats, _Raw
+from layercut.regimes.series import TIE, BudgetStats, RawSeries
 
 CONTIGUOUS = ("block", "last")  # drops that cluster: they collapse once a block grows too long
 SPACING_AWARE = ("spacing", "uniform")  # drops kept apart by construction (hybrid only above its threshold)
@@ -74,7 +74,7 @@ class Regime:
 
 
 @dataclass
-class _Segments:
+class Segments:
     """Where the rule put the boundaries of one series, and what it saw on the way."""
 
     positive: list[BudgetStats]
@@ -88,11 +88,11 @@ class _Segments:
     notes: dict[int, str]
 
 
-def _segment(
+def segment(
     stats: list[BudgetStats], eps: float, m: int, fam: dict[str, list[str]], methods: list[str]
-) -> _Segments:
+) -> Segments:
     pos = [s for s in stats if s.budget > 0]
-    seg = _Segments(pos, [], None, None, None, None, None, {}, {1: "", 2: "", 3: ""})
+    seg = Segments(pos, [], None, None, None, None, None, {}, {1: "", 2: "", 3: ""})
     if not pos or m < 2:
         why = "the sweep has no positive budget" if not pos else "only one method: nothing to compare"
         seg.notes = {1: why, 2: why, 3: why}
@@ -101,7 +101,7 @@ def _segment(
     # Regime 3: walk down from the largest budget while the spacing-aware family stays near the top.
     lacking = [name for name in ("contiguous", "spacing-aware") if not set(fam[name]) & set(methods)]
     if lacking:
-        seg.notes[3] = f"no {' and no '.join(lacking)} method in the sweep ({_family_hint(fam, lacking)})"
+        seg.notes[3] = f"no {' and no '.join(lacking)} method in the sweep ({family_hint(fam, lacking)})"
     else:
         for i in range(len(pos) - 1, -1, -1):
             s = pos[i]
@@ -166,7 +166,7 @@ def _segment(
     return seg
 
 
-def _regime(index: int, seg: _Segments, stats: list[BudgetStats], raw: _Raw) -> Regime:
+def regime_of(index: int, seg: Segments, stats: list[BudgetStats], raw: RawSeries) -> Regime:
     budgets = [k for k, r in seg.assignment.items() if r == index]
     budgets.sort()
     if not budgets:
@@ -187,5 +187,5 @@ def _regime(index: int, seg: _Segments, stats: list[BudgetStats], raw: _Raw) -> 
     )
 
 
-def _family_hint(fam: dict[str, list[str]], lacking: list[str]) -> str:
+def family_hint(fam: dict[str, list[str]], lacking: list[str]) -> str:
     return "; ".join(f"{name}: {', '.join(fam[name])}" for name in lacking)

@@ -97,7 +97,7 @@ def range_quantile(m: int, confidence: float = 0.95) -> float:
 
 
 @dataclass
-class _Raw:
+class RawSeries:
     """A series before analysis: values and r per method per budget, and its noise."""
 
     kind: str
@@ -116,7 +116,7 @@ class _Raw:
     sigma: float | None  # standard error of one method's r, None when unknown
 
 
-def _validated(results: pd.DataFrame) -> pd.DataFrame:
+def validated_table(results: pd.DataFrame) -> pd.DataFrame:
     missing = [c for c in REQUIRED if c not in results.columns]
     if missing:
         raise LayercutError(
@@ -140,7 +140,7 @@ def _as_bool(v: Any) -> bool:
     return bool(v)
 
 
-def _task_raw(g: pd.DataFrame, task: str, metric: str, methods: list[str]) -> _Raw:
+def task_raw(g: pd.DataFrame, task: str, metric: str, methods: list[str]) -> RawSeries:
     if g["higher_is_better"].nunique() > 1:
         raise LayercutError(f"task '{task}' metric '{metric}' is both higher- and lower-is-better: fix the sweep rows")
     higher = bool(g["higher_is_better"].iloc[0])
@@ -173,7 +173,7 @@ def _task_raw(g: pd.DataFrame, task: str, metric: str, methods: list[str]) -> _R
         p = min(seen, key=lambda v: abs(v - 0.5))
         sigma = math.sqrt(p * (1.0 - p) / n) / (v0 if ratio else 1.0)
     domain = str(g["domain"].iloc[0])
-    return _Raw("task", task, metric, domain, [task], higher, here, budgets, v0, n, normalisation, values, scores,
+    return RawSeries("task", task, metric, domain, [task], higher, here, budgets, v0, n, normalisation, values, scores,
                 sigma)
 
 
@@ -181,7 +181,7 @@ def _get(cell: pd.Series, key: tuple[str, int]) -> float | None:
     return float(cell[key]) if key in cell.index else None
 
 
-def _domain_raw(domain: str, metric: str, tasks: list[_Raw]) -> _Raw:
+def domain_raw(domain: str, metric: str, tasks: list[RawSeries]) -> RawSeries:
     budgets = sorted({k for t in tasks for k in t.budgets})
     methods = list(dict.fromkeys(m for t in tasks for m in t.methods))
     scores: dict[str, list[float | None]] = {}
@@ -195,11 +195,11 @@ def _domain_raw(domain: str, metric: str, tasks: list[_Raw]) -> _Raw:
     sigmas = [t.sigma for t in tasks if t.sigma is not None]
     sigma = math.sqrt(sum(s * s for s in sigmas)) / len(tasks) if sigmas else None
     norms = sorted({t.normalisation for t in tasks})
-    return _Raw("domain", domain, metric, domain, [t.name for t in tasks], True, methods, budgets, 1.0, None,
+    return RawSeries("domain", domain, metric, domain, [t.name for t in tasks], True, methods, budgets, 1.0, None,
                 f"mean over tasks of r ({', '.join(norms)})", scores, {m: list(v) for m, v in scores.items()}, sigma)
 
 
-def _budget_stats(raw: _Raw, fam: dict[str, list[str]], eps: float) -> list[BudgetStats]:
+def stats_per_budget(raw: RawSeries, fam: dict[str, list[str]], eps: float) -> list[BudgetStats]:
     out = []
     for i, k in enumerate(raw.budgets):
         here = [m for m in raw.methods if raw.scores[m][i] is not None]

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from layercut.regimes.changepoint import _family_hint, _Segments
+from layercut.regimes.changepoint import Segments, family_hint
 from layercut.regimes.series import BudgetStats
 
 HOLDS, FAILS, UNTESTABLE = "holds", "does not hold", "not testable"
@@ -35,8 +35,8 @@ class Claim:
     numbers: dict[str, Any] = field(default_factory=dict)
 
 
-def _claims(
-    seg: _Segments, stats: list[BudgetStats], eps: float, m: int, fam: dict[str, list[str]], methods: list[str]
+def judge_claims(
+    seg: Segments, stats: list[BudgetStats], eps: float, m: int, fam: dict[str, list[str]], methods: list[str]
 ) -> list[Claim]:
     h1 = Claim("H1", "at low budgets the choice of method matters", UNTESTABLE, "")
     h2 = Claim("H2", "methods converge at moderate budgets", UNTESTABLE, "")
@@ -102,7 +102,7 @@ def _claims(
     lacking = [name for name in ("contiguous", "spacing-aware") if not set(fam[name]) & set(methods)]
     last = seg.positive[-1]
     if lacking:
-        h3.reason = f"no {' and no '.join(lacking)} method in the sweep ({_family_hint(fam, lacking)})"
+        h3.reason = f"no {' and no '.join(lacking)} method in the sweep ({family_hint(fam, lacking)})"
     else:
         h3.numbers = {"largest_budget": last.budget, "best_spacing": last.best_spacing,
                       "best_spacing_score": last.best_spacing_score, "best_contiguous": last.best_contiguous,

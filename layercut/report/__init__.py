@@ -18,8 +18,8 @@ Plots (matplotlib, no pyplot state):
 - `sweep_folder`: `read_sweep` and its `Sweep` (results table, sweep.json, scores, probe), and
   the small readers of them that the figures and the document share.
 - `plotting`: the look every figure shares (panels, method styles, regime shading, budget axis).
-- `figures`: which figures a sweep gets (`_figures`), one `_plot_*` function per PNG.
-- `document`: the document as blocks (`_document`) and its two writers, `_markdown` and `_html`.
+- `figures`: which figures a sweep gets (`draw_figures`), one `_plot_*` function per PNG.
+- `document`: the document as blocks (`build_document`) and its two writers, `render_markdown` and `render_html`.
 """
 
 from __future__ import annotations
@@ -28,9 +28,9 @@ from pathlib import Path
 
 from layercut import regimes
 from layercut.io import atomic_dir
-from layercut.report.document import _document, _html, _markdown
-from layercut.report.figures import _figures
-from layercut.report.sweep_folder import Sweep, _title, read_sweep
+from layercut.report.document import build_document, render_html, render_markdown
+from layercut.report.figures import draw_figures
+from layercut.report.sweep_folder import Sweep, read_sweep, sweep_title
 
 __all__ = ["REPORT_DIR", "Sweep", "read_sweep", "write_report"]
 
@@ -44,9 +44,9 @@ def write_report(sweep_dir: str | Path, out: str | Path | None = None) -> Path:
     analysis = regimes.analyze(sweep.results)
     out = Path(out) if out is not None else sweep.path / REPORT_DIR
     with atomic_dir(out, overwrite=True) as tmp:
-        figures = _figures(sweep, analysis, tmp)
-        blocks = _document(sweep, analysis, figures)
-        (tmp / "report.md").write_text(_markdown(blocks))
-        (tmp / "report.html").write_text(_html(blocks, tmp, _title(sweep)))
+        figures = draw_figures(sweep, analysis, tmp)
+        blocks = build_document(sweep, analysis, figures)
+        (tmp / "report.md").write_text(render_markdown(blocks))
+        (tmp / "report.html").write_text(render_html(blocks, tmp, sweep_title(sweep)))
         analysis.save(tmp / "analysis.json")
     return out

@@ -1,5 +1,5 @@
-"""The report as a document: `_document` lays the sweep and its analysis out as blocks, and
-`_markdown` and `_html` render them (report.md points at the PNGs, report.html inlines them as
+"""The report as a document: `build_document` lays the sweep and its analysis out as blocks, and
+`render_markdown` and `render_html` render them (report.md points at the PNGs, report.html inlines them as
 data URIs)."""
 
 from __future__ import annotations
@@ -14,7 +14,15 @@ import pandas as pd
 
 from layercut import regimes
 from layercut.regimes import Analysis
-from layercut.report.sweep_folder import Figure, Sweep, _direction, _num_layers, _options, _protect, _title
+from layercut.report.sweep_folder import (
+    Figure,
+    Sweep,
+    direction,
+    layer_count,
+    protected_layers,
+    spec_options,
+    sweep_title,
+)
 from layercut.selection import GUARD
 from layercut.sweep import HEAL_TAG
 
@@ -25,18 +33,18 @@ VERDICT_CLASS = {regimes.HOLDS: "holds", regimes.FAILS: "fails", regimes.UNTESTA
 # Text may hold **bold** and `code`.
 
 
-def _document(sweep: Sweep, a: Analysis, figures: list[Figure]) -> list[tuple]:
+def build_document(sweep: Sweep, a: Analysis, figures: list[Figure]) -> list[tuple]:
     spec = sweep.spec
-    B: list[tuple] = [("h", 1, _title(sweep))]
-    L = _num_layers(sweep)
+    B: list[tuple] = [("h", 1, sweep_title(sweep))]
+    L = layer_count(sweep)
     facts = [
         f"**model** {spec.get('model', 'unknown')}" + (f" · {L} decoder layers" if L else ""),
         f"**methods** {', '.join(a.methods)}",
         f"**budgets** (layers dropped) {', '.join(map(str, a.budgets))}",
         "**tasks** " + ", ".join(f"{t} ({d})" for t, d in _task_domains(sweep.results)),
     ]
-    if _protect(sweep) or "protected" in spec:
-        facts.append(f"**protected layers** {', '.join(map(str, _protect(sweep))) or 'none'}")
+    if protected_layers(sweep) or "protected" in spec:
+        facts.append(f"**protected layers** {', '.join(map(str, protected_layers(sweep))) or 'none'}")
     facts.append(f"**primary metric** {a.primary_metric} · {len(sweep.results)} result rows · "
                  f"families: contiguous = {', '.join(a.families['contiguous'])}; "
                  f"spacing-aware = {', '.join(a.families['spacing-aware'])}")
@@ -59,9 +67,9 @@ def _document(sweep: Sweep, a: Analysis, figures: list[Figure]) -> list[tuple]:
         B.append(("p", (f"**Hybrid threshold: k = {k}.** The earliest start of the structure-dominated regime over "
                         f"the domain series of {a.primary_metric}: `hybrid` ranks by its domain below {k} layers "
                         f"dropped and spaces its drops from {k} on.")))
-    used = _options(spec).get("hybrid_threshold")
+    used = spec_options(spec).get("hybrid_threshold")
     if "hybrid" in a.methods and used is not None:
-        found = _options(spec).get("hybrid_threshold_found", True)
+        found = spec_options(spec).get("hybrid_threshold_found", True)
         how = ("found by the same analysis on the other methods' results" if found else
                "no structure-dominated regime was found then, so hybrid ranked at every budget")
         same = ("consistent with the above" if used == k or (k is None and not found) else
@@ -138,7 +146,7 @@ def _document(sweep: Sweep, a: Analysis, figures: list[Figure]) -> list[tuple]:
                     "unpruned); rel. spread is max − min of r; τ_b compares the methods' order at k with the "
                     "next budget (empty where undefined, e.g. all tied); near-best: within ε of the best.")))
     for s in a.series:
-        unit = "relative to unpruned" if s.kind == "domain" else f"{s.metric}, {_direction(s)}"
+        unit = "relative to unpruned" if s.kind == "domain" else f"{s.metric}, {direction(s)}"
         B.append(("h", 3, f"{s.key} ({unit}; ε = {s.noise_floor:.3f})"))
         rows = [[str(b.budget), str(b.methods), f"{b.spread:.4g}", f"{b.std:.4g}", f"{b.rel_spread:.3f}",
                  _num(b.tau_next), ", ".join(b.leaders), ", ".join(b.near_best), _opt(b.regime)]
@@ -222,7 +230,7 @@ def _heal_section(sweep: Sweep, a: Analysis) -> list[tuple]:
     return B
 
 
-def _markdown(blocks: list[tuple]) -> str:
+def render_markdown(blocks: list[tuple]) -> str:
     out: list[str] = []
     for b in blocks:
         if b[0] == "h":
@@ -243,7 +251,7 @@ def _markdown(blocks: list[tuple]) -> str:
     return "\n\n".join(out) + "\n"
 
 
-def _html(blocks: list[tuple], folder: Path, title: str) -> str:
+def render_html(blocks: list[tuple], folder: Path, title: str) -> str:
     body: list[str] = []
     for b in blocks:
         if b[0] == "h":
@@ -304,7 +312,7 @@ def _td(cell: Any) -> str:
 
 def _hybrid_parents(spec: dict[str, Any]) -> tuple[str, str]:
     """The hybrid's ranking domain (sweep.json options.domain, default math) and spacing."""
-    return str(_options(spec).get("domain") or "math"), "spacing"
+    return str(spec_options(spec).get("domain") or "math"), "spacing"
 
 
 def _task_domains(df: pd.DataFrame) -> list[tuple[str, str]]:

@@ -1,4 +1,4 @@
-"""The report's PNG figures: `_figures` picks the ones a sweep gets and draws them into the report
+"""The report's PNG figures: `draw_figures` picks the ones a sweep gets and draws them into the report
 folder, one `_plot_*` function per figure (the list is in the package docstring). matplotlib is
 imported inside the functions, with no pyplot state."""
 
@@ -12,25 +12,39 @@ import numpy as np
 from layercut.errors import LayercutError
 from layercut.probe import DamageProfile
 from layercut.regimes import Analysis, SeriesAnalysis
-from layercut.report.plotting import _budget_axis, _grid, _legend_handles, _save, _shade, _styles
-from layercut.report.sweep_folder import Figure, Sweep, _direction, _layers, _num_layers, _protect
+from layercut.report.plotting import (
+    budget_axis,
+    legend_handles,
+    method_styles,
+    panel_grid,
+    save_png,
+    shade_regimes,
+)
+from layercut.report.sweep_folder import (
+    Figure,
+    Sweep,
+    direction,
+    layer_count,
+    parse_layers,
+    protected_layers,
+)
 from layercut.scoring import LayerScores
 from layercut.selection import select
 
 
-def _figures(sweep: Sweep, a: Analysis, folder: Path) -> list[Figure]:
-    styles = _styles(a)
+def draw_figures(sweep: Sweep, a: Analysis, folder: Path) -> list[Figure]:
+    styles = method_styles(a)
     figs: list[Figure] = []
     for metric in dict.fromkeys(s.metric for s in a.series):
         series = [s for s in a.series if s.metric == metric]
         figs.append(_plot_curves(series, metric, styles, folder))
         figs.append(_plot_spread(series, metric, folder))
     if sweep.scores is not None:
-        figs.append(_plot_layer_scores(sweep.scores, _protect(sweep), folder))
+        figs.append(_plot_layer_scores(sweep.scores, protected_layers(sweep), folder))
         if any(d.block_samples for d in sweep.scores.domains.values()):
-            figs.append(_plot_block_distance(sweep.scores, _protect(sweep), folder))
+            figs.append(_plot_block_distance(sweep.scores, protected_layers(sweep), folder))
     if sweep.scope_scores:
-        figs.append(_plot_scope_scores(sweep.scope_scores, _protect(sweep), folder))
+        figs.append(_plot_scope_scores(sweep.scope_scores, protected_layers(sweep), folder))
     if sweep.probe is not None:
         figs.append(_plot_damage(sweep.probe, sweep.scores, folder))
     if "drop" in sweep.results.columns:
@@ -41,9 +55,9 @@ def _figures(sweep: Sweep, a: Analysis, folder: Path) -> list[Figure]:
 
 
 def _plot_curves(series: list[SeriesAnalysis], metric: str, styles: dict[str, dict], folder: Path) -> Figure:
-    fig, axes = _grid(len(series), width=5.0, height=3.6)
+    fig, axes = panel_grid(len(series), width=5.0, height=3.6)
     for ax, s in zip(axes, series):
-        _shade(ax, s)
+        shade_regimes(ax, s)
         for m in s.methods:
             y = np.array([np.nan if v is None else v for v in s.values[m]], dtype=float)
             ax.plot(s.budgets, y, label=m, **styles[m])
@@ -51,17 +65,17 @@ def _plot_curves(series: list[SeriesAnalysis], metric: str, styles: dict[str, di
         if s.kind == "task":
             n = f", n={s.n}" if s.n else ""
             ax.set_title(f"task {s.name} [{s.domain}]{n}", fontsize=10)
-            ax.set_ylabel(f"{metric} ({_direction(s)})")
+            ax.set_ylabel(f"{metric} ({direction(s)})")
         else:
             ax.set_title(f"domain {s.name}: mean of {len(s.tasks)} task(s)", fontsize=10)
             ax.set_ylabel(f"{metric} relative to unpruned")
-        _budget_axis(ax, s.budgets)
-    handles = [h for h in _legend_handles(series, styles)]
+        budget_axis(ax, s.budgets)
+    handles = [h for h in legend_handles(series, styles)]
     fig.legend(handles=handles, loc="outside lower center", ncol=min(len(handles), 6), fontsize=9, frameon=False)
     fig.suptitle(f"{metric} vs budget per method (shading: regimes 1 ranking-sensitive, 2 converging, "
                  "3 structure-dominated)", fontsize=11)
     name = f"curves_{_slug(metric)}.png"
-    _save(fig, folder / name)
+    save_png(fig, folder / name)
     return Figure(name, f"{metric} vs budget",
                   f"{metric} after dropping k decoder layers, one line per method (dashed: contiguous drops; "
                   "squares: spacing-aware; circles: ranking methods). Dotted grey line: the unpruned model. Shaded "
@@ -71,9 +85,9 @@ def _plot_curves(series: list[SeriesAnalysis], metric: str, styles: dict[str, di
 
 
 def _plot_spread(series: list[SeriesAnalysis], metric: str, folder: Path) -> Figure:
-    fig, axes = _grid(len(series), width=5.0, height=3.4)
+    fig, axes = panel_grid(len(series), width=5.0, height=3.4)
     for ax, s in zip(axes, series):
-        _shade(ax, s)
+        shade_regimes(ax, s)
         pct = 100.0
         ks = [b.budget for b in s.budget_stats]
         ax.plot(ks, [pct * b.rel_spread for b in s.budget_stats], color="#1d1d1f", marker="o", markersize=4,
@@ -87,7 +101,7 @@ def _plot_spread(series: list[SeriesAnalysis], metric: str, folder: Path) -> Fig
         ax.set_ylabel("% of unpruned score")
         ax.set_ylim(bottom=0)
         ax.set_title(f"{s.kind} {s.name}", fontsize=10)
-        _budget_axis(ax, s.budgets)
+        budget_axis(ax, s.budgets)
         tw = ax.twinx()
         taus = [np.nan if b.tau_next is None else b.tau_next for b in s.budget_stats]
         tw.plot(ks, taus, color="#8e44ad", marker="D", markersize=3.5, linewidth=0.9, alpha=0.85,
@@ -100,7 +114,7 @@ def _plot_spread(series: list[SeriesAnalysis], metric: str, folder: Path) -> Fig
     fig.legend(h1 + h2, l1 + l2, loc="outside lower center", ncol=5, fontsize=9, frameon=False)
     fig.suptitle(f"{metric}: spread across methods vs budget (relative to the unpruned score)", fontsize=11)
     name = f"spread_{_slug(metric)}.png"
-    _save(fig, folder / name)
+    save_png(fig, folder / name)
     return Figure(name, f"{metric}: spread across methods",
                   "How far apart the methods are at each budget, as a percentage of the unpruned score (left axis): "
                   "max − min (black) and the standard deviation (dashed). Red dotted: the noise floor ε (the range "
@@ -133,7 +147,7 @@ def _plot_layer_scores(scores: LayerScores, protect: list[int], folder: Path) ->
     left.legend(title="domain", fontsize=9)
     fig.suptitle(f"per-domain layer scores ({scores.model or 'model'}, token scope: {scores.scope}; grey: protected "
                  "layers)", fontsize=11)
-    _save(fig, folder / "layer_scores.png")
+    save_png(fig, folder / "layer_scores.png")
     return Figure("layer_scores.png", "Per-domain layer scores",
                   "Mean cosine similarity between each decoder layer's input and output, per calibration domain "
                   "(left), and 1 − cosine on a log scale (right). Domain methods drop the layers with the highest "
@@ -144,7 +158,7 @@ def _plot_layer_scores(scores: LayerScores, protect: list[int], folder: Path) ->
 def _plot_scope_scores(by_scope: dict[str, LayerScores], protect: list[int], folder: Path) -> Figure:
     """One panel per domain, one line per token scope (text / image / all ...)."""
     domains = list(dict.fromkeys(d for sc in by_scope.values() for d in sc.domains))
-    fig, axes = _grid(len(domains), width=5.4, height=3.8, ncols=len(domains))
+    fig, axes = panel_grid(len(domains), width=5.4, height=3.8, ncols=len(domains))
     for ax, name in zip(axes, domains):
         for scope, sc in by_scope.items():
             if name not in sc.domains:
@@ -159,7 +173,7 @@ def _plot_scope_scores(by_scope: dict[str, LayerScores], protect: list[int], fol
         ax.grid(alpha=0.3)
         ax.legend(title="token scope", fontsize=8)
     fig.suptitle("per-layer scores by token scope (grey: protected layers)", fontsize=11)
-    _save(fig, folder / "layer_scores_scopes.png")
+    save_png(fig, folder / "layer_scores_scopes.png")
     return Figure("layer_scores_scopes.png", "Per-layer scores by token scope",
                   "Mean cosine of each decoder layer's input and output over the image tokens, the text "
                   "tokens and all tokens of each calibration domain. Where the image and text curves part, "
@@ -196,7 +210,7 @@ def _plot_damage(probe: DamageProfile, scores: LayerScores | None, folder: Path)
         ax.grid(alpha=0.3)
         ax.set_xlim(-0.5, probe.num_layers - 0.5)
     fig.suptitle(f"single-drop damage beside the cosine profile ({probe.model or 'model'})", fontsize=11)
-    _save(fig, folder / "damage.png")
+    save_png(fig, folder / "damage.png")
     return Figure("damage.png", "Single-drop damage beside the cosine scores",
                   "Left: how much the calibration NLL rises when each layer alone is dropped, per domain "
                   f"(symlog scale); rose columns: the critical layers ({probe.rule}). Right: 1 − cosine per "
@@ -239,7 +253,7 @@ def _plot_block_distance(scores: LayerScores, protect: list[int], folder: Path) 
     tokens = "the last token of each sample" if scores.block_tokens == "last" else "every in-scope token"
     fig.suptitle(f"Gromov block distance d(ℓ, n) = arccos(cos(x_ℓ, x_ℓ+n))/π on {tokens} (low = the block "
                  "changes the hidden state little)", fontsize=11)
-    _save(fig, folder / "block_distance.png")
+    save_png(fig, folder / "block_distance.png")
     return Figure("block_distance.png", "Block distance heatmap",
                   "Angular distance between the input of layer ℓ and the input of layer ℓ+n (Gromov et al.), for "
                   "every start ℓ (rows) and block size n (columns); blank: the block would run past the last "
@@ -254,15 +268,15 @@ def _plot_dropped(sweep: Sweep, a: Analysis, styles: dict[str, dict], folder: Pa
     df = sweep.results
     drops: dict[str, dict[int, list[int]]] = {}
     for (m, k), g in df.groupby(["method", "budget"], sort=False):
-        drops.setdefault(str(m), {})[int(k)] = _layers(g["drop"].iloc[0])
+        drops.setdefault(str(m), {})[int(k)] = parse_layers(g["drop"].iloc[0])
     seen = [i for per in drops.values() for d in per.values() for i in d]
-    L = _num_layers(sweep) or (max(seen) + 2 if seen else 0)
+    L = layer_count(sweep) or (max(seen) + 2 if seen else 0)
     if not L:
         return None
-    protect = set(_protect(sweep))
+    protect = set(protected_layers(sweep))
     budgets = a.budgets
     methods = [m for m in a.methods if m in drops]
-    fig, axes = _grid(len(methods), width=max(3.2, 0.16 * L + 1.0), height=max(1.6, 0.24 * len(budgets) + 1.0),
+    fig, axes = panel_grid(len(methods), width=max(3.2, 0.16 * L + 1.0), height=max(1.6, 0.24 * len(budgets) + 1.0),
                       ncols=4)
     for ax, m in zip(axes, methods):
         grid = np.zeros((len(budgets), L))
@@ -291,7 +305,7 @@ def _plot_dropped(sweep: Sweep, a: Analysis, styles: dict[str, dict], folder: Pa
                         Patch(facecolor="#f2f2f2", label="not evaluated")],
                loc="outside lower center", ncol=4, fontsize=9, frameon=False)
     fig.suptitle(f"dropped layers per method and budget ({L} decoder layers)", fontsize=11)
-    _save(fig, folder / "dropped_layers.png")
+    save_png(fig, folder / "dropped_layers.png")
     return Figure("dropped_layers.png", "Dropped layers",
                   "For each method, one row per budget and one column per decoder layer; filled cells are the layers "
                   "dropped at that budget. Contiguous methods show one growing block, spacing-aware ones "

@@ -17,7 +17,7 @@ DPI = 110
 REGIME_COLOURS = {1: "#d6e6f5", 2: "#fdf0c8", 3: "#f6d2d2"}  # blue, amber, rose: light enough for lines on top
 
 
-def _grid(n: int, width: float, height: float, ncols: int = 3):
+def panel_grid(n: int, width: float, height: float, ncols: int = 3):
     from matplotlib.figure import Figure as MplFigure
 
     ncols = max(1, min(ncols, n))
@@ -29,14 +29,14 @@ def _grid(n: int, width: float, height: float, ncols: int = 3):
     return fig, list(axes[:n])
 
 
-def _save(fig: Any, path: Path) -> None:
+def save_png(fig: Any, path: Path) -> None:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
 
     FigureCanvasAgg(fig)
     fig.savefig(path, dpi=DPI, facecolor="white")
 
 
-def _styles(a: Analysis) -> dict[str, dict]:
+def method_styles(a: Analysis) -> dict[str, dict]:
     """One colour per method for every figure; line style and marker by family."""
     from matplotlib import colormaps
 
@@ -55,7 +55,7 @@ def _styles(a: Analysis) -> dict[str, dict]:
     return out
 
 
-def _legend_handles(series: list[SeriesAnalysis], styles: dict[str, dict]) -> list[Any]:
+def legend_handles(series: list[SeriesAnalysis], styles: dict[str, dict]) -> list[Any]:
     from matplotlib.lines import Line2D
     from matplotlib.patches import Patch
 
@@ -66,7 +66,7 @@ def _legend_handles(series: list[SeriesAnalysis], styles: dict[str, dict]) -> li
     return handles
 
 
-def _shade(ax: Any, s: SeriesAnalysis) -> None:
+def shade_regimes(ax: Any, s: SeriesAnalysis) -> None:
     """Shade each present regime from half-way to the previous budget to half-way to the next."""
     ks = s.budgets
     for rg in s.regimes:
@@ -80,7 +80,7 @@ def _shade(ax: Any, s: SeriesAnalysis) -> None:
                 fontsize=8, color="#555")
 
 
-def _budget_axis(ax: Any, budgets: list[int]) -> None:
+def budget_axis(ax: Any, budgets: list[int]) -> None:
     ax.set_xlabel("budget k (decoder layers dropped)")
     step = max(1, math.ceil(len(budgets) / 12))
     ax.set_xticks(budgets[::step])

@@ -70,18 +70,18 @@ def read_sweep(sweep_dir: str | Path) -> Sweep:
 # --------------------------------------------------------------------------- helpers
 
 
-def _title(sweep: Sweep) -> str:
+def sweep_title(sweep: Sweep) -> str:
     model = sweep.spec.get("model")
     return f"layercut sweep report: {model}" if model else f"layercut sweep report: {sweep.path.name}"
 
 
-def _num_layers(sweep: Sweep) -> int | None:
+def layer_count(sweep: Sweep) -> int | None:
     if "num_layers" in sweep.spec:
         return int(sweep.spec["num_layers"])
     return sweep.scores.num_layers if sweep.scores is not None else None
 
 
-def _protect(sweep: Sweep) -> list[int]:
+def protected_layers(sweep: Sweep) -> list[int]:
     """The resolved protected layers of sweep.json (`protected`; `protect` when it is a list)."""
     layers = sweep.spec.get("protected")
     if not isinstance(layers, list):
@@ -89,16 +89,16 @@ def _protect(sweep: Sweep) -> list[int]:
     return [int(i) for i in layers] if isinstance(layers, list) else []
 
 
-def _options(spec: dict[str, Any]) -> dict[str, Any]:
+def spec_options(spec: dict[str, Any]) -> dict[str, Any]:
     options = spec.get("options")
     return options if isinstance(options, dict) else {}
 
 
-def _layers(s: Any) -> list[int]:
+def parse_layers(s: Any) -> list[int]:
     if s is None or (isinstance(s, float) and math.isnan(s)):
         return []
     return [int(x) for x in str(s).split(",") if x.strip() and x.strip() != "<NA>"]
 
 
-def _direction(s: SeriesAnalysis) -> str:
+def direction(s: SeriesAnalysis) -> str:
     return "higher is better" if s.higher_is_better else "lower is better"

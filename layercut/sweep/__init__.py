@@ -36,7 +36,15 @@ import pandas as pd
 from layercut.errors import LayercutError
 from layercut.selection import GUARD
 from layercut.sweep.log import COLUMNS, LOG_FILE, ResultsLog
-from layercut.sweep.spec import ENGINES, HEAL_TAG, PROBE_FILE, SPEC_FILE, SweepSpec, Unit, parse_budgets
+from layercut.sweep.spec import (
+    ENGINES,
+    HEAL_TAG,
+    PROBE_FILE,
+    SPEC_FILE,
+    SweepSpec,
+    Unit,
+    parse_budgets,
+)
 from layercut.sweep.workers import Worker, run_local, run_ray
 
 __all__ = ["COLUMNS", "HEAL_TAG", "LOG_FILE", "PROBE_FILE", "SPEC_FILE", "ResultsLog", "SweepSpec", "Unit",

@@ -11,6 +11,7 @@ from typing import Any, Callable
 
 from layercut.data import vision
 
+
 def evaluate_tasks(adapter: Any, limit: int = 40, drop: list[int] | None = None,
                    kinds: tuple[str, ...] = ("choice",), batch_size: int = 8) -> dict[str, Any]:
     """{family: {kind: {"true"|"shuffled": {"all": value, task: value}}}} on the test split.

@@ -66,8 +66,12 @@ def processor(lm: str | None = None) -> Any:
 
 def base_model(lm: str | None = None, seed: int = 0) -> Any:
     """SmolLM2 inside a LLaVA with a freshly initialised (seeded) vision tower and projector."""
-    from transformers import AutoModelForCausalLM, LlavaConfig, LlavaForConditionalGeneration
-    from transformers import SiglipVisionConfig
+    from transformers import (
+        AutoModelForCausalLM,
+        LlavaConfig,
+        LlavaForConditionalGeneration,
+        SiglipVisionConfig,
+    )
 
     lm = lm or lm_folder()
     text = AutoModelForCausalLM.from_pretrained(lm, dtype=torch.float32)
