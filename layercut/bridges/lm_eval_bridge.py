@@ -22,8 +22,6 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from layercut.data.encode import ensure_pad_token
-from layercut.errors import LayercutError
 
 
 def run_lm_eval(
@@ -43,55 +41,12 @@ def run_lm_eval(
     `apply_chat_template=True`, `gen_kwargs`, `bootstrap_iters`). Values are plain floats
     (stderr may be the string "N/A").
     """
-    try:
-        import lm_eval
-        from lm_eval.models.huggingface import HFLM
-        from lm_eval.tasks import TaskManager
-    except ImportError:
-        raise LayercutError(
-            "lm-eval is not installed: run `pip install -c constraints.txt -e '.[harness]'`"
-        ) from None
-    if not tasks:
-        raise LayercutError("no lm-eval task given: name at least one task, e.g. arc_easy")
-    tokenizer = adapter.tokenizer
-    if tokenizer is None:
-        raise LayercutError(
-            f"model '{adapter.source}' has no tokenizer: lm-eval needs one; save it beside the weights"
-        )
-    ensure_pad_token(tokenizer)
+    from layercut.evaluation import harness
 
-    lm = HFLM(
-        pretrained=adapter.model,
-        tokenizer=tokenizer,
-        # VLM classes are not in transformers' causal-LM table; their text path is causal all the same.
-        backend="causal",
-        batch_size=batch_size,
-    )
-    task_manager = TaskManager(include_path=include_path, include_defaults=include_defaults)
-    check_tasks(task_manager, tasks, include_path, "lm-eval", "lm-eval ls tasks")
-    out = lm_eval.simple_evaluate(
-        model=lm,
-        tasks=list(tasks),
-        task_manager=task_manager,
-        limit=limit,
-        num_fewshot=num_fewshot,
-        log_samples=False,
-        **options,
-    )
-    if out is None:  # non-zero rank of a distributed run
-        return {}
-    return {task: plain_metrics(metrics) for task, metrics in out["results"].items()}
-
-
-def check_tasks(task_manager: Any, tasks: list[str], include_path: str | None, harness: str, listing: str) -> None:
-    """A one-line error for the first task the harness's task manager does not know."""
-    unknown = [t for t in tasks if not task_manager.match_tasks([t])]
-    if unknown:
-        where = f" or in '{include_path}'" if include_path else ""
-        raise LayercutError(
-            f"{harness} has no task '{unknown[0]}'{where}: check the name (`{listing}`) "
-            "or pass the folder holding its YAML as include_path"
-        )
+    loaded = harness.load("lm-eval", list(tasks), include_path, include_defaults)
+    out = harness.run(adapter, ("lm-eval", *loaded), limit=limit, batch_size=batch_size, log_samples=False,
+                      num_fewshot=num_fewshot, **options)
+    return {task: plain_metrics(metrics) for task, metrics in out.get("results", {}).items()}
 
 
 def plain_metrics(metrics: dict[str, Any]) -> dict[str, Any]:

@@ -20,7 +20,8 @@ def sweep(
     scores: Optional[Path] = typer.Option(None, help="scores.json (needed by score-based methods)."),
     methods: str = typer.Option("math,nonmath,mixed,bi,block,last,uniform,spacing", help="Comma-separated methods."),
     budgets: str = typer.Option("0:12:2", help="start:stop:step (stop included) or a list like 0,2,4."),
-    tasks: str = typer.Option("nll-math,nll-general", help="Comma-separated tasks (see `layercut tasks`) or task YAML files."),
+    tasks: str = typer.Option("nll-math,nll-general", help="Comma-separated tasks (see `layercut tasks`), task YAML files, or HARNESS:TASK[@DOMAIN] (lm-eval, lmms-eval)."),
+    include_path: Optional[Path] = typer.Option(None, help="Folder of extra harness task YAMLs (for lm-eval:/lmms-eval: tasks)."),
     limit: Optional[int] = typer.Option(None, help="Examples per task (default: each task's own)."),
     calib: Optional[str] = typer.Option(None, help="Calibration set (for `iterative`)."),
     protect: str = typer.Option("default", help="'default' (first+last), 'none', or indices."),
@@ -57,6 +58,7 @@ def sweep(
         scores=str(scores) if scores else None, calib=calib, limit=limit, protect=protect, seed=seed,
         batch_size=batch_size, options=options, engine=engine, cache_mem=cache_mem,
         probe=str(probe) if probe else None, heal_steps=heal_steps, dtype=dtype, device_map=device_map,
+        include_path=str(include_path.absolute()) if include_path else None,
     )
     check_folder(out, resume)  # before the progress bar: a bad --out is one line
     with ui.progress() as bar:

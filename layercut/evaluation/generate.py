@@ -74,7 +74,7 @@ def generate(adapter: Any, contexts: list[Context], max_new_tokens: int, stop: I
         width, out = _generate_batch(adapter, [contexts[i] for i in chunk], prefix_len,
                                      prefix_cache, **kwargs)
         for r, i in enumerate(chunk):
-            outputs[i] = _cut(tok.decode(out[r, width:], skip_special_tokens=True), stop)
+            outputs[i] = cut_at_stops(tok.decode(out[r, width:], skip_special_tokens=True), stop)
     return outputs
 
 
@@ -135,9 +135,10 @@ def check_prefix(adapter: Any, contexts: list[Context], prefix_len: int, tol: fl
         for x, y in zip(shared.logits, plain.logits))
 
 
-def _cut(text: str, stop: Iterable[str]) -> str:
+def cut_at_stops(text: str, stop: Iterable[str]) -> str:
+    """Text up to the first stop string (empty stop strings stop nothing)."""
     for s in stop:
-        k = text.find(s)
+        k = text.find(s) if s else -1
         if k >= 0:
             text = text[:k]
     return text

@@ -18,6 +18,12 @@ head runs only at scored positions. `engine="prefix"` only reuses the unpruned m
 each set's first dropped layer; `engine="plain"` runs every set as a full layer-skip view (as
 generative tasks always do). All three give the same numbers.
 
+A task named `lm-eval:TASK` or `lmms-eval:TASK` (`evaluation.harness`) is evaluated through that
+harness on the same layer-skip view, once per distinct drop set: it is loaded once per sweep
+(before the model, so an unknown, judge-scored or not-offline task stops the sweep at once), its
+rows carry the harness's metric names and directions, and each cell's per-sample records are kept
+under samples/ for audit.
+
 `hybrid` needs the budget where spacing takes over: unless given, the sweep first runs the other
 methods, finds the structure-dominated regime in their results (`regimes.hybrid_threshold`), and
 then plans the hybrid cells.
@@ -112,7 +118,7 @@ def run_sweep(
     The model is loaded from `model_path` (default `spec.model`, a folder or hub id; a zoo name
     is resolved by `api.sweep`), once per worker."""
     from layercut import models
-    from layercut.evaluation import get_task
+    from layercut.evaluation import get_task, harness
     from layercut.scoring import LayerScores
     from layercut.selection import protect_set
 
@@ -125,7 +131,9 @@ def run_sweep(
             raise LayercutError(f"'{out}' holds a different sweep: resume with the same model, methods, budgets and tasks")
         saved.engine, saved.cache_mem = spec.engine, spec.cache_mem  # how, not what: may change
         spec = saved
-    domains = {t: get_task(t).domain for t in spec.tasks}
+    # Harness tasks load (and are checked: installed, known, offline) before the model does.
+    harnessed = {t: harness.prepare(t, spec.include_path) for t in spec.tasks if harness.is_harness_task(t)}
+    domains = {t: harnessed[t].domain if t in harnessed else get_task(t).domain for t in spec.tasks}
 
     scores = LayerScores.load(spec.scores) if spec.scores else None
     if spec.heal_steps < 0 or (spec.heal_steps and not spec.calib):
@@ -138,7 +146,7 @@ def run_sweep(
 
         parse_mem(spec.cache_mem)  # a bad size fails now, not after the model loads
     path = model_path or spec.model
-    worker = Worker(spec, path) if executor == "local" else None
+    worker = Worker(spec, path, harnessed) if executor == "local" else None
     adapter = worker.adapter if worker else models.load_model(path, spec.dtype, spec.device_map, source=spec.model)
     spec.num_layers = adapter.num_layers
     spec.protected = sorted(protect_set(spec.num_layers, spec.protect, adapter.protected_layers()))
@@ -175,9 +183,9 @@ def run_sweep(
         if progress:
             progress(done, total)
 
-        def on_result(unit: Unit, metrics: dict[str, float], seconds: float) -> None:
+        def on_result(unit: Unit, metrics: dict[str, float], seconds: float, extra: dict[str, Any]) -> None:
             nonlocal done
-            log.add(unit, metrics, seconds)
+            log.add(unit, metrics, seconds, extra)
             log.write_tables(picks, spec.tasks, spec.heal_steps)
             done += 1
             if progress:

@@ -1,12 +1,17 @@
 """The results log of a sweep: one fsync'd JSON line per evaluated unit in cells.jsonl, and the
 tidy table (results.parquet + results.csv) derived from it after every line. A sweep killed at any
 moment resumes from it: finished lines are kept, a torn last line is dropped.
+
+A harness task's unit also keeps, for audit, the harness's per-sample records (its log_samples)
+in samples/TASK/DROP.jsonl, written before the unit's line, and its line records which way each
+of the harness's metrics is better.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +20,7 @@ import pandas as pd
 from layercut.sweep.spec import Unit
 
 LOG_FILE = "cells.jsonl"
+SAMPLES_DIR = "samples"
 COLUMNS = [
     "method", "budget", "task", "domain", "metric", "value", "higher_is_better",
     "drop", "n", "seconds", "shared",
@@ -44,14 +50,33 @@ class ResultsLog:
                 rec = json.loads(line)
                 self.done[rec["key"]] = rec
 
-    def add(self, unit: Unit, metrics: dict[str, float], seconds: float) -> None:
+    def add(self, unit: Unit, metrics: dict[str, float], seconds: float, extra: dict[str, Any] | None = None) -> None:
+        """Log one evaluated unit; `extra` (a harness task's) may hold "higher_is_better" and
+        "samples"."""
         rec = {"key": unit.key, "task": unit.task, "drop": list(unit.drop), "metrics": metrics,
                "seconds": seconds, "heal": unit.heal}
+        extra = extra or {}
+        if extra.get("higher_is_better"):
+            rec["higher_is_better"] = extra["higher_is_better"]
+        if extra.get("samples") is not None:
+            rec["samples"] = self._write_samples(unit, extra["samples"])
         with open(self.path, "a") as f:
             f.write(json.dumps(rec) + "\n")
             f.flush()
             os.fsync(f.fileno())
         self.done[unit.key] = rec
+
+    def _write_samples(self, unit: Unit, samples: list[dict]) -> str:
+        from layercut.io import atomic_file
+
+        def safe(text: str) -> str:
+            return re.sub(r"[^A-Za-z0-9._@+-]+", "_", text) or "none"
+
+        rel = Path(SAMPLES_DIR) / safe(unit.task) / f"{safe(','.join(map(str, unit.drop)) or 'none')}" \
+            f"{f'-heal{unit.heal}' if unit.heal else ''}.jsonl"
+        with atomic_file(self.folder / rel, overwrite=True) as tmp:
+            tmp.write_text("".join(json.dumps(r, default=str) + "\n" for r in samples), encoding="utf-8")
+        return rel.as_posix()
 
     def table(self, picks: dict[tuple[str, int], list[int]], tasks: list[str], heal: int = 0) -> pd.DataFrame:
         """One row per (method, budget, task, metric) whose unit is done; with `heal`, healed
@@ -67,14 +92,15 @@ class ResultsLog:
                 if rec is None:
                     continue
                 owner = first_owner.setdefault(unit.key, (method, budget))
+                directions = rec.get("higher_is_better") or HIGHER_IS_BETTER
                 for metric, value in rec["metrics"].items():
-                    if metric not in HIGHER_IS_BETTER:
+                    if metric not in directions:
                         continue
                     rows.append({
                         "method": method, "budget": budget, "task": task + unit.label[0],
                         "domain": self.domains.get(task, "") + unit.label[1], "metric": metric,
                         "value": float(value),
-                        "higher_is_better": HIGHER_IS_BETTER[metric],
+                        "higher_is_better": directions[metric],
                         "drop": ",".join(map(str, drop)), "n": int(rec["metrics"].get("n", 0)),
                         "seconds": rec["seconds"], "shared": owner != (method, budget),
                     })

@@ -22,7 +22,7 @@ class SweepSpec:
     model: str
     methods: list[str]
     budgets: list[int]
-    tasks: list[str]
+    tasks: list[str]  # layercut's tasks, task YAML files, or HARNESS:TASK[@DOMAIN] (evaluation.harness)
     scores: str | None = None  # scores.json (copied into the sweep folder)
     calib: str | None = None  # for `iterative`
     limit: int | None = None  # examples per task
@@ -36,6 +36,7 @@ class SweepSpec:
     dtype: str = "fp32"  # fp32 | bf16 | fp16
     device_map: str | None = None  # accelerate device map: auto | balanced | FILE.json
     heal_steps: int = 0  # also evaluate every cell after this many LoRA steps on `calib` (0: no)
+    include_path: str | None = None  # a folder of harness task YAMLs, for HARNESS:TASK tasks
     num_layers: int = 0  # filled when planned
     protected: list[int] = field(default_factory=list)  # resolved protected layers, filled when planned
 

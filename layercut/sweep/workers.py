@@ -13,25 +13,37 @@ from layercut.errors import LayercutError
 from layercut.sweep.spec import SweepSpec, Unit
 
 
+Result = tuple[Unit, dict[str, float], float, dict[str, Any]]  # unit, metrics, seconds, extra
+
+
 class Worker:
     """Holds one loaded model and its prepared tasks; evaluates units of work on it.
 
-    `path` is where the model is (the caller resolved a zoo name in `spec.model` to it)."""
+    `path` is where the model is (the caller resolved a zoo name in `spec.model` to it);
+    `harness_tasks`, harness tasks the caller already loaded (`evaluation.harness.prepare`).
+    A result's `extra` is empty for layercut's tasks; for a harness task it holds which way each
+    metric is better and the harness's per-sample records."""
 
-    def __init__(self, spec: SweepSpec, path: str) -> None:
+    def __init__(self, spec: SweepSpec, path: str, harness_tasks: dict[str, Any] | None = None) -> None:
         from layercut import models
-        from layercut.evaluation import prepare
+        from layercut.evaluation import harness, prepare
 
         self.adapter = models.load_model(path, spec.dtype, spec.device_map, source=spec.model)
         self.spec = spec
-        self.prepared = {t: prepare(t, self.adapter, limit=spec.limit, seed=spec.seed) for t in spec.tasks}
+        loaded = harness_tasks or {}
+        self.prepared = {
+            t: loaded.get(t) or (harness.prepare(t, spec.include_path) if harness.is_harness_task(t)
+                                 else prepare(t, self.adapter, limit=spec.limit, seed=spec.seed))
+            for t in spec.tasks
+        }
         self.shared: dict[str, Any] = {}  # task -> engine.SharedWork, made on first use
         self.heal_data: list | None = None  # calibration samples, read on the first healed cell
 
-    def run_many(self, units: list[Unit]) -> Iterator[tuple[Unit, dict[str, float], float]]:
+    def run_many(self, units: list[Unit]) -> Iterator[Result]:
         """Results as they finish: teacher-forced tasks through the shared-work engine (all of a
-        task's units at once), the others one layer-skip view per unit."""
+        task's units at once), the others (generation, harness tasks) one layer-skip view per unit."""
         from layercut import engine
+        from layercut.evaluation.harness import HarnessTask
 
         by_task: dict[str, list[Unit]] = {}
         by_drop: dict[tuple[int, ...], list[Unit]] = {}
@@ -44,7 +56,7 @@ class Worker:
             yield from self.run_healed(group)
         for task, group in by_task.items():
             prepared = self.prepared[task]
-            if self.spec.engine == "plain" or not engine.supports(prepared):
+            if self.spec.engine == "plain" or isinstance(prepared, HarnessTask) or not engine.supports(prepared):
                 for unit in group:
                     yield self.run(unit)
                 continue
@@ -52,18 +64,17 @@ class Worker:
                 self.shared[task] = engine.SharedWork.for_task(self.adapter, prepared, self.spec.batch_size,
                                                       self.spec.cache_mem, mode=self.spec.engine)
             for drop, metrics, seconds in self.shared[task].run([u.drop for u in group]):
-                yield Unit(drop, task), metrics, seconds
+                yield Unit(drop, task), metrics, seconds, {}
 
-    def run_list(self, units: list[Unit]) -> list[tuple[Unit, dict[str, float], float]]:
+    def run_list(self, units: list[Unit]) -> list[Result]:
         return list(self.run_many(units))
 
-    def run_healed(self, units: list[Unit]) -> Iterator[tuple[Unit, dict[str, float], float]]:
+    def run_healed(self, units: list[Unit]) -> Iterator[Result]:
         """One drop set healed once (LoRA on its kept layers, `heal.healed`: restored exactly
         afterwards), then every task evaluated on it with plain forwards (healing changes every
         layer, so no cached layer inputs apply)."""
         from layercut import surgery
         from layercut.data.calibration import calibration
-        from layercut.evaluation import evaluate
         from layercut.heal import healed
 
         if not self.spec.calib:
@@ -74,18 +85,29 @@ class Worker:
         with surgery.skipped(self.adapter, units[0].drop), \
                 healed(self.adapter, self.heal_data, steps=units[0].heal, seed=self.spec.seed, measure=False):
             for unit in units:
-                metrics = evaluate(self.adapter, self.prepared[unit.task], batch_size=self.spec.batch_size)
-                yield unit, {k: float(v) for k, v in metrics.items()}, time.perf_counter() - t0
+                metrics, extra = self.evaluate(unit.task)
+                yield unit, metrics, time.perf_counter() - t0, extra
                 t0 = time.perf_counter()
 
-    def run(self, unit: Unit) -> tuple[Unit, dict[str, float], float]:
+    def run(self, unit: Unit) -> Result:
         from layercut import surgery
-        from layercut.evaluation import evaluate
 
         t0 = time.perf_counter()
         with surgery.skipped(self.adapter, unit.drop):
-            metrics = evaluate(self.adapter, self.prepared[unit.task], batch_size=self.spec.batch_size)
-        return unit, {k: float(v) for k, v in metrics.items()}, time.perf_counter() - t0
+            metrics, extra = self.evaluate(unit.task)
+        return unit, metrics, time.perf_counter() - t0, extra
+
+    def evaluate(self, task: str) -> tuple[dict[str, float], dict[str, Any]]:
+        """One task on the model as it is now: (metrics, extra)."""
+        from layercut.evaluation import evaluate, harness
+
+        prepared = self.prepared[task]
+        if isinstance(prepared, harness.HarnessTask):
+            out = harness.run(self.adapter, prepared, limit=self.spec.limit, batch_size=self.spec.batch_size)
+            res = harness.result(prepared, out)
+            return res.metrics, {"higher_is_better": res.higher_is_better, "samples": res.samples}
+        metrics = evaluate(self.adapter, prepared, batch_size=self.spec.batch_size)
+        return {k: float(v) for k, v in metrics.items()}, {}
 
 
 def run_local(worker: Worker, units: list[Unit], on_result: Callable) -> None:

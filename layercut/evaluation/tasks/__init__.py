@@ -166,4 +166,5 @@ def get_task(name: str | Path | TaskSpec) -> TaskSpec:
         return TASKS[str(name)]
     if str(name).endswith((".yaml", ".yml")) or Path(name).is_file():
         return load_task(name)
-    raise LayercutError(f"unknown task '{name}': use one of {', '.join(TASKS)} or a task .yaml file")
+    raise LayercutError(f"unknown task '{name}': use one of {', '.join(TASKS)}, a task .yaml file, "
+                        "or HARNESS:TASK (HARNESS: lm-eval or lmms-eval)")

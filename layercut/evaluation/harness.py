@@ -1,0 +1,228 @@
+"""Tasks of the big harnesses (lm-eval, lmms-eval) run on a layercut model as it is now.
+
+A sweep names one `HARNESS:TASK` (e.g. `lm-eval:gsm8k`, `lmms-eval:mathvista_testmini`), with
+`@DOMAIN` to say which domain it counts towards (default: "math" when the name says math, gsm,
+arithmetic, geometry or chart, else "general"). `prepare` loads the task once: its task manager
+(the harness's own tasks and `include_path`, a folder of task YAML files that may read local
+JSON/JSONL files), its documents, and a check that it can run here (no LLM judge, no data to
+download). `run` evaluates it on the model as it is now (e.g. inside `surgery.skipped`) through
+the harness's own `simple_evaluate`, handed the loaded task objects instead of names, so no
+cell reloads a dataset; the seeds are the harness's defaults for every cell, so a cell equals a
+fresh harness run on the pruned checkpoint.
+
+lm-eval gets the model object through its `HFLM` wrapper (with the tokenizer object: without it
+`HFLM` asks the hub); lmms-eval through `lmms_backend.LmmsBackend`.
+"""
+
+from __future__ import annotations
+
+import difflib
+import inspect
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+from layercut.errors import LayercutError
+
+HARNESSES = ("lm-eval", "lmms-eval")
+INSTALL = "pip install -c constraints.txt -e '.[harness]'"
+LISTING = {"lm-eval": "lm-eval ls tasks", "lmms-eval": "lmms-eval tasks list"}
+MATHY = re.compile(r"math|gsm|arith|geometr|chart|svamp|asdiv|aime|algebra")
+# What a task's scoring code says when it calls an LLM judge (MathVista, MathVerse, ... by default).
+JUDGE_MARKERS = ("openai", "api_key", "gpt-4", "gpt-3.5", "chat.completions", "azure")
+
+
+def is_harness_task(name: str) -> bool:
+    return str(name).split(":", 1)[0] in HARNESSES and ":" in str(name)
+
+
+@dataclass
+class HarnessTask:
+    """One harness task, loaded: what a sweep evaluates once per distinct drop set."""
+
+    label: str  # as the sweep names it, e.g. "lm-eval:gsm8k@math"
+    harness: str
+    name: str  # the harness's task name
+    domain: str
+    include_path: str | None = None
+    manager: Any = None  # the harness's TaskManager
+    objects: list[Any] = field(default_factory=list)  # the loaded task (or group) objects
+
+
+@dataclass
+class HarnessResult:
+    """A harness run of one task: its metrics (filter "none" dropped from the names), which way
+    each is better, the documents scored, and the per-sample records the harness logged."""
+
+    metrics: dict[str, float]
+    higher_is_better: dict[str, bool]
+    samples: list[dict] = field(default_factory=list)
+
+
+def parse(label: str) -> tuple[str, str, str]:
+    """'lm-eval:gsm8k@math' -> ('lm-eval', 'gsm8k', 'math')."""
+    harness, _, rest = str(label).partition(":")
+    if harness not in HARNESSES or not rest:
+        raise LayercutError(f"'{label}' is not HARNESS:TASK: use one of {', '.join(h + ':TASK' for h in HARNESSES)}")
+    name, _, domain = rest.partition("@")
+    if not name:
+        raise LayercutError(f"'{label}' names no task after '{harness}:': write e.g. {harness}:gsm8k")
+    return harness, name, domain or ("math" if MATHY.search(name.lower()) else "general")
+
+
+def prepare(label: str, include_path: str | None = None, include_defaults: bool = True) -> HarnessTask:
+    """Load a harness task once (task manager, task objects, documents) and check it can run."""
+    harness, name, domain = parse(label)
+    if include_path and include_defaults and _manager(harness, include_path, False).match_tasks([name]):
+        include_defaults = False  # found in include_path: no need to index the harness's own tasks
+    manager, objects = load(harness, [name], include_path, include_defaults)
+    return HarnessTask(label, harness, name, domain, include_path, manager, objects)
+
+
+def load(harness: str, names: list[str], include_path: str | None = None,
+         include_defaults: bool = True) -> tuple[Any, list[Any]]:
+    """(task manager, loaded task objects) for task names of a harness; one-line errors for a
+    harness that is not installed, an unknown task (with the close names), a task that needs an
+    LLM judge, and one whose documents cannot be read here."""
+    if not names:
+        raise LayercutError(f"no {harness} task given: name at least one task")
+    manager = _manager(harness, include_path, include_defaults)
+    for name in names:
+        if not manager.match_tasks([name]):
+            close = difflib.get_close_matches(name, list(manager.all_tasks), n=5, cutoff=0.6)
+            where = f" or in '{include_path}'" if include_path else ""
+            hint = f" (close: {', '.join(close)})" if close else ""
+            raise LayercutError(
+                f"{harness} has no task '{name}'{where}{hint}: check the name (`{LISTING[harness]}`) "
+                "or pass the folder holding its YAML as include_path"
+            )
+    try:
+        objects = _load_objects(harness, manager, names)
+    except LayercutError:
+        raise
+    except Exception as exc:  # noqa: BLE001 (datasets raises many types for a missing download)
+        first = (str(exc).strip().splitlines() or [exc.__class__.__name__])[0][:200]
+        raise LayercutError(
+            f"{harness} task(s) {', '.join(names)}: the documents cannot be read here "
+            f"({exc.__class__.__name__}: {first}): the task needs its data from the hub; point a task "
+            "YAML at a local JSON/JSONL file and pass its folder as include_path"
+        ) from None
+    for task in _leaves(objects):
+        marker = _judge_marker(task)
+        if marker:
+            raise LayercutError(
+                f"{harness} task '{_task_name(task)}' scores with an LLM judge or a network service "
+                f"('{marker}' in its scoring): layercut evaluates offline; pick a task with rule-based "
+                "scoring or write one (include_path)"
+            )
+    return manager, objects
+
+
+def run(adapter: Any, task: HarnessTask | tuple[str, Any, list[Any]], *, limit: int | None = None,
+        batch_size: int = 8, log_samples: bool = True, **options: Any) -> dict[str, Any]:
+    """The harness's `simple_evaluate` output for the loaded task(s) on the model as it is now.
+
+    `task` is a `HarnessTask` or (harness, manager, objects) from `load`; `options` go to
+    `simple_evaluate` unchanged."""
+    harness, manager, objects = (task.harness, task.manager, task.objects) if isinstance(task, HarnessTask) else task
+    if harness == "lm-eval":
+        import lm_eval
+        from lm_eval.models.huggingface import HFLM
+
+        from layercut.data.encode import ensure_pad_token
+
+        tokenizer = adapter.tokenizer
+        if tokenizer is None:
+            raise LayercutError(f"model '{adapter.source}' has no tokenizer: lm-eval needs one; save it beside the weights")
+        ensure_pad_token(tokenizer)
+        # VLM classes are not in transformers' causal-LM table; their text path is causal all the same.
+        lm = HFLM(pretrained=adapter.model, tokenizer=tokenizer, backend="causal", batch_size=batch_size)
+        evaluate = lm_eval.simple_evaluate
+    else:
+        from lmms_eval import evaluator
+
+        from layercut.evaluation.lmms_backend import LmmsBackend
+
+        lm = LmmsBackend(adapter, batch_size=batch_size)
+        evaluate = evaluator.simple_evaluate
+    out = evaluate(model=lm, tasks=list(objects), task_manager=manager, limit=limit, log_samples=log_samples,
+                   **options)
+    return out or {}  # None on a non-zero rank of a distributed run
+
+
+def result(task: HarnessTask, out: dict[str, Any]) -> HarnessResult:
+    """The sweep's view of one task's harness output."""
+    results = out.get("results", {})
+    name = task.name if task.name in results else next(iter(results), None)
+    if name is None:
+        raise LayercutError(f"{task.harness} returned no results for '{task.name}': check the task on its own")
+    directions = out.get("higher_is_better", {}).get(name, {})
+    metrics: dict[str, float] = {}
+    higher: dict[str, bool] = {}
+    for key, value in results[name].items():
+        metric, _, filt = key.partition(",")
+        if "_stderr" in metric or not isinstance(value, (int, float)) or isinstance(value, bool):
+            continue
+        if metric not in directions:
+            continue
+        label = metric if filt in ("", "none") else key
+        metrics[label] = float(value)
+        higher[label] = bool(directions[metric])
+    n = out.get("n-samples", {}).get(name, {})
+    metrics["n"] = float(n.get("effective", n.get("original", 0)) if isinstance(n, dict) else 0)
+    samples = [s for t in out.get("samples", {}).values() for s in t]
+    return HarnessResult(metrics, higher, samples)
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _manager(harness: str, include_path: str | None, include_defaults: bool) -> Any:
+    try:
+        if harness == "lm-eval":
+            from lm_eval.tasks import TaskManager
+        else:
+            from lmms_eval.tasks import TaskManager
+    except ImportError:
+        raise LayercutError(f"{harness} is not installed: run `{INSTALL}`") from None
+    return TaskManager(include_path=include_path, include_defaults=include_defaults)
+
+
+def _load_objects(harness: str, manager: Any, names: list[str]) -> list[Any]:
+    if harness == "lm-eval":
+        loaded = manager.load(list(names))
+        return [loaded["groups"].get(n) or loaded["tasks"][n] for n in names]
+    from lmms_eval.tasks import get_task_dict
+
+    return _leaves(get_task_dict(list(names), manager, "simple"))
+
+
+def _leaves(objects: Any) -> list[Any]:
+    """The task objects under groups and nested dicts, in order."""
+    if isinstance(objects, dict):
+        return [t for v in objects.values() for t in _leaves(v)]
+    if isinstance(objects, (list, tuple)):
+        return [t for v in objects for t in _leaves(v)]
+    if hasattr(objects, "get_all_tasks"):  # an lm-eval Group
+        return list(objects.get_all_tasks())
+    return [] if objects is None else [objects]
+
+
+def _task_name(task: Any) -> str:
+    config = getattr(task, "config", None)
+    return str(getattr(config, "task", None) or getattr(task, "task_name", "?"))
+
+
+def _judge_marker(task: Any) -> str | None:
+    """The first judge marker in a task's scoring code or config, if any."""
+    config = getattr(task, "config", None)
+    texts = [repr(getattr(config, "metric_list", "")), repr(getattr(config, "metadata", "")),
+             repr(getattr(config, "lmms_eval_specific_kwargs", ""))]
+    fn = getattr(config, "process_results", None)
+    if callable(fn):
+        try:
+            texts.append(inspect.getsource(inspect.getmodule(fn) or fn))
+        except (OSError, TypeError):
+            pass
+    text = "\n".join(texts).lower()
+    return next((m for m in JUDGE_MARKERS if m in text), None)
