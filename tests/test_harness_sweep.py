@@ -53,8 +53,8 @@ def lmms_tasks(tmp_path_factory) -> Path:
 
 
 def harness_spec(model: Path, tasks: list[str], include: Path, **kw) -> SweepSpec:
-    return SweepSpec(model=str(model), methods=METHODS, budgets=BUDGETS, tasks=tasks,
-                     include_path=str(include), **kw)
+    return SweepSpec(**{"model": str(model), "methods": METHODS, "budgets": BUDGETS, "tasks": tasks,
+                        "include_path": str(include), **kw})
 
 
 def comparable(df: pd.DataFrame) -> pd.DataFrame:
@@ -258,3 +258,20 @@ def test_bad_harness_tasks_stop_before_the_model_loads(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "lm_eval.tasks", None)  # as if lm-eval were not installed
     fails("lm-eval:layercut_judged", r"lm-eval is not installed: run `pip install .*\[harness\]")
     assert not list(tmp_path.glob("s*")), "nothing written"
+
+
+def test_each_harness_task_loads_once_per_sweep(tiny_text_dir, lm_tasks, tmp_path, monkeypatch):
+    from layercut.evaluation import harness
+
+    loads: list[list[str]] = []
+    real = harness._load_objects
+
+    def counting(name, manager, names):
+        loads.append(list(names))
+        return real(name, manager, names)
+
+    monkeypatch.setattr(harness, "_load_objects", counting)
+    df = run_sweep(harness_spec(tiny_text_dir, LM_TASKS, lm_tasks, methods=["last", "uniform", "random"],
+                                budgets=[0, 1, 2]), tmp_path / "s")
+    assert len(set(df["drop"])) >= 4, "several distinct drop sets were evaluated"
+    assert sorted(map(tuple, loads)) == [("layercut_cloze",), ("layercut_ppl",)]

@@ -40,6 +40,7 @@ def sweep(
     heal_steps: int = typer.Option(0, min=0, help="Also evaluate every cell after N LoRA steps on --calib (task TASK+healN in the results)."),
     dtype: str = typer.Option("fp32", help="fp32 | bf16 | fp16."),
     device_map: Optional[str] = typer.Option(None, help=DEVICE_MAP_HELP),
+    max_tokens_per_batch: Optional[int] = typer.Option(None, min=1, help="Generation: at most this many prompt + new tokens per batch, instead of --batch-size rows."),
 ) -> None:
     """Evaluate every method at every budget on every task; weights load once."""
     from layercut import api
@@ -59,6 +60,7 @@ def sweep(
         batch_size=batch_size, options=options, engine=engine, cache_mem=cache_mem,
         probe=str(probe) if probe else None, heal_steps=heal_steps, dtype=dtype, device_map=device_map,
         include_path=str(include_path.absolute()) if include_path else None,
+        max_tokens_per_batch=max_tokens_per_batch,
     )
     check_folder(out, resume)  # before the progress bar: a bad --out is one line
     with ui.progress() as bar:
@@ -98,6 +100,9 @@ def eval_(
     include_path: Optional[Path] = typer.Option(None, help="Folder of extra task YAMLs (lm-eval, lmms-eval)."),
     judge_url: Optional[str] = typer.Option(None, help="OpenAI-compatible endpoint to judge generated answers."),
     batch_size: int = typer.Option(8, min=1),
+    max_tokens_per_batch: Optional[int] = typer.Option(None, min=1, help="Generation: at most this many prompt + new tokens per batch (layercut's tasks)."),
+    dtype: str = typer.Option("fp32", help="fp32 | bf16 | fp16."),
+    device_map: Optional[str] = typer.Option(None, help=DEVICE_MAP_HELP),
     out: Optional[Path] = typer.Option(None, help="Write the metrics as JSON."),
 ) -> None:
     """Evaluate a model (optionally with layers skipped) on tasks."""
@@ -106,7 +111,7 @@ def eval_(
 
     if out is not None:
         check_out(out)
-    adapter = api.load_model(model)
+    adapter = api.load_model(model, dtype, device_map)
     names = [t.strip() for t in tasks.split(",") if t.strip()]
     drop_list = ui.layer_list(drop, "--drop") or []
     if drop_list:
@@ -119,7 +124,8 @@ def eval_(
             for name in names:
                 with ui.console.status(f"evaluating {name}"):
                     prepared = prepare(name, adapter, limit=limit)
-                    results[name] = evaluate(adapter, prepared, batch_size=batch_size, judge_url=judge_url)
+                    results[name] = evaluate(adapter, prepared, batch_size=batch_size, judge_url=judge_url,
+                                             max_tokens_per_batch=max_tokens_per_batch)
         elif harness == "lm-eval":
             from layercut.bridges.lm_eval_bridge import run_lm_eval
 

@@ -22,10 +22,10 @@ from layercut.evaluation.tasks import TaskSpec
 
 
 def evaluate_generate(adapter: Any, prepared: Prepared, batch_size: int, judge_url: str | None,
-                      judge_model: str, details: list | None) -> dict[str, float]:
+                      judge_model: str, details: list | None, max_tokens: int | None = None) -> dict[str, float]:
     spec = prepared.task
     outputs = generate(adapter, [it.context for it in prepared.items], spec.max_new_tokens,
-                       prepared.stop, batch_size, prefix_len=prepared.prefix_len)
+                       prepared.stop, batch_size, prefix_len=prepared.prefix_len, max_tokens=max_tokens)
     extractor = EXTRACTORS[spec.extractor]
     hits = 0
     for it, text in zip(prepared.items, outputs):
@@ -55,9 +55,13 @@ def _compare(spec: TaskSpec, pred: str | None, gold: str) -> bool:
 
 
 def generate(adapter: Any, contexts: list[Context], max_new_tokens: int, stop: Iterable[str],
-             batch_size: int, prefix_len: int = 0) -> list[str]:
+             batch_size: int, prefix_len: int = 0, max_tokens: int | None = None) -> list[str]:
     """Greedy continuations (decoded, cut at the first stop string), in the order given.
 
+    Rows go longest first, left-padded, `batch_size` at a time, each batch one `generate` call with
+    the KV cache. With `max_tokens`, a batch instead holds as many rows as keep rows x (longest
+    prompt + max_new_tokens) within it, so the KV cache and activations stay under one ceiling
+    whatever the prompts' lengths (a row longer than that goes alone).
     With `prefix_len`, every context starts with the same `prefix_len` tokens (few-shot
     examples): they are run once and their KV cache is shared by every row, whose own tokens are
     left-padded after the prefix ([prefix | pad | rest]; positions follow the attention mask)."""
@@ -69,13 +73,22 @@ def generate(adapter: Any, contexts: list[Context], max_new_tokens: int, stop: I
     prefix_cache = _prefix_cache(adapter, contexts[0], prefix_len)
     outputs = [""] * len(contexts)
     order = sorted(range(len(contexts)), key=lambda i: -len(contexts[i].ids))
-    for start in range(0, len(order), batch_size):
-        chunk = order[start:start + batch_size]
+    for chunk in _batches(order, [len(c.ids) + max_new_tokens for c in contexts], batch_size, max_tokens):
         width, out = _generate_batch(adapter, [contexts[i] for i in chunk], prefix_len,
                                      prefix_cache, **kwargs)
         for r, i in enumerate(chunk):
             outputs[i] = cut_at_stops(tok.decode(out[r, width:], skip_special_tokens=True), stop)
     return outputs
+
+
+def _batches(order: list[int], lengths: list[int], batch_size: int, max_tokens: int | None) -> Iterator[list[int]]:
+    """Consecutive rows of `order` (longest first): `batch_size` at a time, or as many as fit
+    rows x longest <= max_tokens."""
+    start = 0
+    while start < len(order):
+        rows = batch_size if max_tokens is None else max(1, max_tokens // max(lengths[order[start]], 1))
+        yield order[start:start + rows]
+        start += rows
 
 
 def _prefix_cache(adapter: Any, context: Context, prefix_len: int) -> Any:

@@ -76,6 +76,11 @@ def prepare(label: str, include_path: str | None = None, include_defaults: bool 
     if include_path and include_defaults and _manager(harness, include_path, False).match_tasks([name]):
         include_defaults = False  # found in include_path: no need to index the harness's own tasks
     manager, objects = load(harness, [name], include_path, include_defaults)
+    leaves = _leaves(objects)
+    if harness == "lmms-eval" and len(leaves) > 1:  # its evaluator gets tasks, so no group aggregate
+        subtasks = ", ".join(_task_name(t) for t in leaves[:6]) + (", ..." if len(leaves) > 6 else "")
+        raise LayercutError(f"lmms-eval '{name}' is a group of {len(leaves)} tasks ({subtasks}): name each "
+                            f"subtask as its own sweep task, e.g. lmms-eval:{_task_name(leaves[0])}")
     return HarnessTask(label, harness, name, domain, include_path, manager, objects)
 
 
@@ -153,9 +158,10 @@ def run(adapter: Any, task: HarnessTask | tuple[str, Any, list[Any]], *, limit: 
 def result(task: HarnessTask, out: dict[str, Any]) -> HarnessResult:
     """The sweep's view of one task's harness output."""
     results = out.get("results", {})
-    name = task.name if task.name in results else next(iter(results), None)
+    name = task.name if task.name in results else (next(iter(results)) if len(results) == 1 else None)
     if name is None:
-        raise LayercutError(f"{task.harness} returned no results for '{task.name}': check the task on its own")
+        raise LayercutError(f"{task.harness} returned no single result for '{task.name}' (got: "
+                            f"{', '.join(results) or 'none'}): a group without an aggregate; name its subtasks")
     directions = out.get("higher_is_better", {}).get(name, {})
     metrics: dict[str, float] = {}
     higher: dict[str, bool] = {}

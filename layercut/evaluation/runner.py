@@ -223,18 +223,22 @@ def _encode_context(spec: TaskSpec, adapter: Any, tok: Any, prompt: str,
 @torch.no_grad()
 def evaluate(adapter: Any, prepared: Prepared, batch_size: int = 8, *,
              judge_url: str | None = None, judge_model: str = "judge",
-             details: list | None = None) -> dict[str, float]:
+             details: list | None = None, max_tokens_per_batch: int | None = None) -> dict[str, float]:
     """Metrics of the model as it is now (e.g. inside `surgery.skipped`) on a prepared task.
 
     `judge_url`: an OpenAI-compatible endpoint that judges generated answers instead of the
     rule-based extractor. `details`: a list that receives one record per document.
+    `max_tokens_per_batch`: generation batches hold at most this many prompt + new tokens
+    (instead of `batch_size` rows).
     """
     if batch_size < 1:
         raise LayercutError(f"batch_size must be at least 1, got {batch_size}")
+    if max_tokens_per_batch is not None and max_tokens_per_batch < 1:
+        raise LayercutError(f"--max-tokens-per-batch {max_tokens_per_batch}: give a positive token budget")
     adapter.model.eval()
     kind = prepared.task.kind
     if kind == "nll":
         return evaluate_nll(adapter, prepared, batch_size, details)
     if kind == "choice":
         return evaluate_choice(adapter, prepared, batch_size, details)
-    return evaluate_generate(adapter, prepared, batch_size, judge_url, judge_model, details)
+    return evaluate_generate(adapter, prepared, batch_size, judge_url, judge_model, details, max_tokens_per_batch)

@@ -37,6 +37,7 @@ class SweepSpec:
     device_map: str | None = None  # accelerate device map: auto | balanced | FILE.json
     heal_steps: int = 0  # also evaluate every cell after this many LoRA steps on `calib` (0: no)
     include_path: str | None = None  # a folder of harness task YAMLs, for HARNESS:TASK tasks
+    max_tokens_per_batch: int | None = None  # generation: prompt + new tokens per batch (not batch_size rows)
     num_layers: int = 0  # filled when planned
     protected: list[int] = field(default_factory=list)  # resolved protected layers, filled when planned
 

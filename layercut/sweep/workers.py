@@ -20,15 +20,19 @@ class Worker:
     """Holds one loaded model and its prepared tasks; evaluates units of work on it.
 
     `path` is where the model is (the caller resolved a zoo name in `spec.model` to it);
-    `harness_tasks`, harness tasks the caller already loaded (`evaluation.harness.prepare`).
+    `harness_tasks`, harness tasks the caller already loaded (`evaluation.harness.prepare`);
+    `device`, where to put the model when no device map places it (a Ray GPU actor: "cuda").
     A result's `extra` is empty for layercut's tasks; for a harness task it holds which way each
     metric is better and the harness's per-sample records."""
 
-    def __init__(self, spec: SweepSpec, path: str, harness_tasks: dict[str, Any] | None = None) -> None:
+    def __init__(self, spec: SweepSpec, path: str, harness_tasks: dict[str, Any] | None = None,
+                 device: str | None = None) -> None:
         from layercut import models
         from layercut.evaluation import harness, prepare
 
         self.adapter = models.load_model(path, spec.dtype, spec.device_map, source=spec.model)
+        if device is not None:
+            self.adapter.model.to(device)
         self.spec = spec
         loaded = harness_tasks or {}
         self.prepared = {
@@ -106,7 +110,8 @@ class Worker:
             out = harness.run(self.adapter, prepared, limit=self.spec.limit, batch_size=self.spec.batch_size)
             res = harness.result(prepared, out)
             return res.metrics, {"higher_is_better": res.higher_is_better, "samples": res.samples}
-        metrics = evaluate(self.adapter, prepared, batch_size=self.spec.batch_size)
+        metrics = evaluate(self.adapter, prepared, batch_size=self.spec.batch_size,
+                           max_tokens_per_batch=self.spec.max_tokens_per_batch)
         return {k: float(v) for k, v in metrics.items()}, {}
 
 
@@ -135,6 +140,11 @@ def _chunks(units: list[Unit], n: int) -> list[list[Unit]]:
 
 
 def run_ray(spec: SweepSpec, path: str, units: list[Unit], on_result: Callable, workers: int | None) -> None:
+    """One actor per GPU where the cluster has GPUs (`num_gpus=1` each, the model on its own
+    device), else one per CPU; each loads the model once and takes chunks of units as it comes
+    free. An actor that dies is restarted by Ray (it reloads the model) and its chunk goes back
+    to the front of the queue, for the next free actor; two losses of the same chunk end the
+    sweep (the units already logged stay, so `--resume` picks up from there)."""
     try:
         import ray
     except ImportError:
@@ -142,18 +152,43 @@ def run_ray(spec: SweepSpec, path: str, units: list[Unit], on_result: Callable, 
     if not ray.is_initialized():
         ray.init(address=os.environ.get("RAY_ADDRESS"), include_dashboard=False,
                  log_to_driver=False, num_cpus=workers)
-    n = workers or max(1, int(ray.available_resources().get("CPU", 1)))
-    actor = ray.remote(num_cpus=1)(Worker)
-    pool = [actor.remote(spec, path) for _ in range(n)]
-    pending = {}
-    queue = _chunks(units, n)
-    for a in pool:
-        if queue:
-            pending[a.run_list.remote(queue.pop(0))] = a
+    resources = ray.available_resources()
+    gpus = int(resources.get("GPU", 0))
+    n = workers or max(1, gpus or int(resources.get("CPU", 1)))
+    if gpus:  # each actor sees its one GPU as device 0
+        actor = ray.remote(num_gpus=1, max_restarts=1)(Worker)
+        pool = [actor.remote(spec, path, device=None if spec.device_map else "cuda") for _ in range(n)]
+    else:
+        actor = ray.remote(num_cpus=1, max_restarts=1)(Worker)
+        pool = [actor.remote(spec, path) for _ in range(n)]
+    queue = list(enumerate(_chunks(units, n)))
+    lost: dict[int, int] = {}  # chunk -> times an actor died on it
+    deaths = [0] * len(pool)  # per actor: a second death means its restart is used up too
+    pending: dict[Any, tuple[int, int, list[Unit]]] = {}
+
+    def submit(i: int) -> None:
+        if queue and deaths[i] < 2:
+            cid, chunk = queue.pop(0)
+            pending[pool[i].run_list.remote(chunk)] = (i, cid, chunk)
+
+    for i in range(len(pool)):
+        submit(i)
     while pending:
         done, _ = ray.wait(list(pending), num_returns=1)
-        a = pending.pop(done[0])
-        for result in ray.get(done[0]):
-            on_result(*result)
-        if queue:
-            pending[a.run_list.remote(queue.pop(0))] = a
+        i, cid, chunk = pending.pop(done[0])
+        try:
+            results = ray.get(done[0])
+        except ray.exceptions.RayActorError:
+            lost[cid] = lost.get(cid, 0) + 1
+            deaths[i] += 1
+            if lost[cid] > 1 or min(deaths) >= 2:
+                raise LayercutError(f"Ray actors died on the same {len(chunk)} unit(s) twice, or all of them twice: "
+                                    "see the Ray logs, then continue with --resume") from None
+            queue.insert(0, (cid, chunk))  # to the next free actor
+        else:
+            for result in results:
+                on_result(*result)
+        submit(i)
+        for j in range(len(pool)):  # an idle actor picks up a chunk another one lost
+            if queue and deaths[j] < 2 and j not in {v[0] for v in pending.values()}:
+                submit(j)
