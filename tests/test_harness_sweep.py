@@ -20,7 +20,7 @@ import pandas as pd
 import pytest
 import torch
 
-from layercut import api, models, surgery
+from layercut import api
 from layercut.errors import LayercutError
 from layercut.sweep import LOG_FILE, SweepSpec, run_sweep
 from tests.test_bridges import OFFLINE_ENV, run_lmms_cli, write_lm_tasks, write_lmms_tasks
@@ -131,7 +131,7 @@ def test_lm_eval_sweep_cells_equal_eval_and_the_harness_cli(text_model, lm_tasks
 
 
 @pytest.mark.parametrize("vlm", ["tiny", pytest.param("tiny-llava", marks=pytest.mark.slow)], indirect=True)
-def test_lmms_eval_sweep_cells_equal_the_bridge_and_the_harness_cli(vlm, lmms_tasks, tmp_path):
+def test_lmms_eval_sweep_cells_equal_eval_and_the_harness_cli(vlm, lmms_tasks, tmp_path, capsys):
     tiny_llava_dir = vlm
     # batch 1, as lmms-eval's CLI and `run_lmms_eval` default to
     df = run_sweep(harness_spec(tiny_llava_dir, LMMS_TASKS, lmms_tasks, batch_size=1), tmp_path / "s")
@@ -140,13 +140,13 @@ def test_lmms_eval_sweep_cells_equal_the_bridge_and_the_harness_cli(vlm, lmms_ta
     assert set(df[df.task == LMMS_TASKS[1]].domain) == {"math"} and set(df[df.task == LMMS_TASKS[0]].domain) == {"general"}
     drop = max(set(df["drop"]), key=len)
     drop_list = [int(x) for x in drop.split(",")]
-    # the in-memory bridge on a layer-skip view (what `layercut eval --harness lmms-eval --drop` runs)
-    from layercut.bridges.lmms_eval_plugin import run_lmms_eval
-
-    adapter = models.load(str(tiny_llava_dir))
+    # `layercut eval --harness lmms-eval --drop`: a layer-skip view of the unpruned model
     names = [t.split(":", 1)[1].split("@")[0] for t in LMMS_TASKS]
-    with surgery.skipped(adapter, drop_list):
-        view = run_lmms_eval(adapter, names, include_path=str(lmms_tasks), include_defaults=False)
+    out = tmp_path / "eval.json"
+    code, _, err = run_cli(["eval", "--model", tiny_llava_dir, "--harness", "lmms-eval", "--tasks", ",".join(names),
+                            "--include-path", lmms_tasks, "--drop", drop, "--batch-size", "1", "--out", out], capsys)
+    assert code == 0, err
+    view = json.loads(out.read_text())
     assert got[(LMMS_TASKS[0], drop, "exact_match")] == view[names[0]]["exact_match,none"]
     assert got[(LMMS_TASKS[1], drop, "acc")] == view[names[1]]["acc,none"]
     # lmms-eval's own CLI on the pruned, saved checkpoint

@@ -79,6 +79,7 @@ def sweep(
 def report(
     sweep_dir: Path = typer.Argument(..., help="A folder written by `layercut sweep`."),
     out: Optional[Path] = typer.Option(None, help="Report folder (default SWEEP_DIR/report, replaced)."),
+    replicates: int = typer.Option(1000, min=0, help="Paired bootstrap resamples of the documents (0: no intervals)."),
 ) -> None:
     """Regime analysis, plots and report.html/report.md of a sweep."""
     from layercut.io import check_out
@@ -87,7 +88,8 @@ def report(
     if not sweep_dir.is_dir():
         raise LayercutError(f"sweep folder '{sweep_dir}' not found: run `layercut sweep --out {sweep_dir}` first")
     check_out(out or sweep_dir / REPORT_DIR, overwrite=True)
-    folder = write_report(sweep_dir, out)
+    with ui.console.status(f"regime analysis and {replicates} bootstrap resamples"):
+        folder = write_report(sweep_dir, out, replicates=replicates)
     ui.out_console.print(f"wrote {folder / 'report.md'} and {folder / 'report.html'}")
 
 

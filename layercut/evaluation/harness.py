@@ -52,11 +52,13 @@ class HarnessTask:
 @dataclass
 class HarnessResult:
     """A harness run of one task: its metrics (filter "none" dropped from the names), which way
-    each is better, the documents scored, and the per-sample records the harness logged."""
+    each is better, the documents scored, the per-sample records the harness logged, and the
+    per-document values of the metrics that are means over documents."""
 
     metrics: dict[str, float]
     higher_is_better: dict[str, bool]
     samples: list[dict] = field(default_factory=list)
+    docs: dict[str, tuple[list[float], list[float]]] = field(default_factory=dict)  # `per_document`
 
 
 def parse(label: str) -> tuple[str, str, str]:
@@ -177,7 +179,22 @@ def result(task: HarnessTask, out: dict[str, Any]) -> HarnessResult:
     n = out.get("n-samples", {}).get(name, {})
     metrics["n"] = float(n.get("effective", n.get("original", 0)) if isinstance(n, dict) else 0)
     samples = [s for t in out.get("samples", {}).values() for s in t]
-    return HarnessResult(metrics, higher, samples)
+    return HarnessResult(metrics, higher, samples, per_document(samples, set(higher)))
+
+
+def per_document(samples: list[dict], metrics: set[str]) -> dict[str, tuple[list[float], list[float]]]:
+    """{metric: (value per document, weights 1)} for the metrics whose per-sample value is a plain
+    number (a mean over documents: accuracy, exact match); the others (perplexities, F1 over a
+    corpus) aggregate their own way and get none."""
+    found: dict[str, dict[int, float]] = {}
+    for s in samples:
+        filt = s.get("filter", "none")
+        for m in s.get("metrics", []):
+            label = m if filt in ("", "none") else f"{m},{filt}"
+            value = s.get(m)
+            if label in metrics and isinstance(value, (int, float)):  # bools count as 0 / 1
+                found.setdefault(label, {})[int(s["doc_id"])] = float(value)
+    return {m: ([v for _, v in sorted(by_doc.items())], [1.0] * len(by_doc)) for m, by_doc in found.items()}
 
 
 # --------------------------------------------------------------------------- helpers

@@ -242,3 +242,16 @@ def evaluate(adapter: Any, prepared: Prepared, batch_size: int = 8, *,
     if kind == "choice":
         return evaluate_choice(adapter, prepared, batch_size, details)
     return evaluate_generate(adapter, prepared, batch_size, judge_url, judge_model, details, max_tokens_per_batch)
+
+
+def per_document(kind: str, details: list[dict]) -> dict[str, tuple[list[float], list[float]]]:
+    """{metric: (value per document, weight per document)} from `evaluate`'s details, such that
+    each metric is the weighted mean of its values (nll: per-document NLL, weighted by tokens;
+    accuracies: 1 or 0, weight 1). What the regime analysis resamples (`regimes.bootstrap`)."""
+    if kind == "nll":
+        return {"nll": ([float(d["nll"]) for d in details], [float(d["tokens"]) for d in details])}
+    ones = [1.0] * len(details)
+    if kind == "choice":
+        return {"accuracy": ([float(d["pick"] == d["gold"]) for d in details], ones),
+                "accuracy_norm": ([float(d["pick_norm"] == d["gold"]) for d in details], ones)}
+    return {"accuracy": ([float(d["correct"]) for d in details], ones)}

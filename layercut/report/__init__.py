@@ -37,16 +37,28 @@ __all__ = ["REPORT_DIR", "Sweep", "read_sweep", "write_report"]
 REPORT_DIR = "report"
 
 
-def write_report(sweep_dir: str | Path, out: str | Path | None = None) -> Path:
+def write_report(sweep_dir: str | Path, out: str | Path | None = None, *, replicates: int = 1000,
+                 seed: int = 0) -> Path:
     """Analyse the sweep in `sweep_dir` and write the report folder (default SWEEP_DIR/report,
-    replaced if it exists); returns that folder. Open `report.html` inside it."""
+    replaced if it exists); returns that folder. Open `report.html` inside it.
+
+    With per-document values in the sweep's cells, a paired bootstrap of `replicates` resamples
+    (`regimes.bootstrap`, seeded) gives every cell an interval, every boundary a distribution and
+    every verdict a probability (uncertainty.json); `replicates=0` skips it."""
+    from layercut.regimes.bootstrap import bootstrap
+
     sweep = read_sweep(sweep_dir)
     analysis = regimes.analyze(sweep.results)
+    u = bootstrap(sweep.results, sweep.docs, replicates=replicates, seed=seed) if sweep.docs and replicates else None
+    if sweep.docs and not replicates:
+        sweep.no_docs = "the report was written with 0 bootstrap resamples"
     out = Path(out) if out is not None else sweep.path / REPORT_DIR
     with atomic_dir(out, overwrite=True) as tmp:
-        figures = draw_figures(sweep, analysis, tmp)
-        blocks = build_document(sweep, analysis, figures)
+        figures = draw_figures(sweep, analysis, tmp, u)
+        blocks = build_document(sweep, analysis, figures, u)
         (tmp / "report.md").write_text(render_markdown(blocks))
         (tmp / "report.html").write_text(render_html(blocks, tmp, sweep_title(sweep)))
         analysis.save(tmp / "analysis.json")
+        if u is not None:
+            u.save(tmp / "uncertainty.json")
     return out

@@ -14,6 +14,7 @@ import pandas as pd
 
 from layercut import regimes
 from layercut.regimes import Analysis
+from layercut.regimes.bootstrap import Uncertainty
 from layercut.report.sweep_folder import (
     Figure,
     Sweep,
@@ -22,6 +23,14 @@ from layercut.report.sweep_folder import (
     protected_layers,
     spec_options,
     sweep_title,
+)
+from layercut.report.uncertainty import (
+    NO_DOCS,
+    boundary_blocks,
+    claim_blocks,
+    difference_blocks,
+    method_blocks,
+    verdict_share,
 )
 from layercut.selection import GUARD
 from layercut.sweep import HEAL_TAG
@@ -33,7 +42,7 @@ VERDICT_CLASS = {regimes.HOLDS: "holds", regimes.FAILS: "fails", regimes.UNTESTA
 # Text may hold **bold** and `code`.
 
 
-def build_document(sweep: Sweep, a: Analysis, figures: list[Figure]) -> list[tuple]:
+def build_document(sweep: Sweep, a: Analysis, figures: list[Figure], u: Uncertainty | None = None) -> list[tuple]:
     spec = sweep.spec
     B: list[tuple] = [("h", 1, sweep_title(sweep))]
     L = layer_count(sweep)
@@ -55,7 +64,7 @@ def build_document(sweep: Sweep, a: Analysis, figures: list[Figure]) -> list[tup
     summary = []
     for s in a.domain_series() or [s for s in a.series if s.metric == a.primary_metric]:
         parts = [_regime_span(s.regime(i)) for i in (1, 2, 3)]
-        verdicts = "; ".join(f"{c.id} **{c.verdict}**" for c in s.claims)
+        verdicts = "; ".join(f"{c.id} **{c.verdict}**{verdict_share(u, s.key, c.id)}" for c in s.claims)
         summary.append(f"`{s.key}`: regime 1 {parts[0]}, regime 2 {parts[1]}, regime 3 {parts[2]}. {verdicts}.")
     B.append(("ul", summary))
     k = regimes.hybrid_threshold(a)
@@ -79,6 +88,7 @@ def build_document(sweep: Sweep, a: Analysis, figures: list[Figure]) -> list[tup
 
     B.append(("h", 2, "How the regimes are found"))
     B.extend(("p", para) for para in a.rule)
+    B.extend(method_blocks(u, sweep.no_docs or NO_DOCS))
 
     B.append(("h", 2, "Regime boundaries"))
     B.append(("p", ("Budgets are numbers of decoder layers dropped. k2 and k3 are the first budgets of regimes 2 "
@@ -89,10 +99,12 @@ def build_document(sweep: Sweep, a: Analysis, figures: list[Figure]) -> list[tup
                     + [_regime_cell(s.regime(i)) for i in (1, 2, 3)] + [_opt(s.k2), _opt(s.k3)])
     B.append(("table", ["series", "ε", "1 ranking-sensitive", "2 converging", "3 structure-dominated", "k2", "k3"],
               rows))
+    B.extend(boundary_blocks(a, u))
 
     B.append(("h", 2, "Claims"))
     B.append(("table", ["series", "H1 method matters at low k", "H2 convergence", "H3 structure at high k"],
               [[f"`{s.key}`"] + [c.verdict for c in s.claims] for s in a.series]))
+    B.extend(claim_blocks(a, u))
     for s in a.series:
         B.append(("p", f"**{s.key}**"))
         B.append(("ul", [f"**{c.id}** ({c.statement}): **{c.verdict}** — {c.reason}" for c in s.claims]))
@@ -114,6 +126,8 @@ def build_document(sweep: Sweep, a: Analysis, figures: list[Figure]) -> list[tup
                          _num(rg.mean_tau)])
     B.append(("table", ["series", "regime", "budgets", "leader(s)", "mean r of every method", "lead counts",
                         "mean τ to next k"], rows))
+
+    B.extend(difference_blocks(u))
 
     parents = _hybrid_parents(spec)
     hybrid = regimes.compare_hybrid(a, "hybrid", parents)

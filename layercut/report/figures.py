@@ -12,6 +12,7 @@ import numpy as np
 from layercut.errors import LayercutError
 from layercut.probe import DamageProfile
 from layercut.regimes import Analysis, SeriesAnalysis
+from layercut.regimes.bootstrap import Uncertainty, cell_key
 from layercut.report.plotting import (
     budget_axis,
     legend_handles,
@@ -32,12 +33,12 @@ from layercut.scoring import LayerScores
 from layercut.selection import select
 
 
-def draw_figures(sweep: Sweep, a: Analysis, folder: Path) -> list[Figure]:
+def draw_figures(sweep: Sweep, a: Analysis, folder: Path, u: Uncertainty | None = None) -> list[Figure]:
     styles = method_styles(a)
     figs: list[Figure] = []
     for metric in dict.fromkeys(s.metric for s in a.series):
         series = [s for s in a.series if s.metric == metric]
-        figs.append(_plot_curves(series, metric, styles, folder))
+        figs.append(_plot_curves(series, metric, styles, folder, u))
         figs.append(_plot_spread(series, metric, folder))
     if sweep.scores is not None:
         figs.append(_plot_layer_scores(sweep.scores, protected_layers(sweep), folder))
@@ -54,13 +55,18 @@ def draw_figures(sweep: Sweep, a: Analysis, folder: Path) -> list[Figure]:
     return figs
 
 
-def _plot_curves(series: list[SeriesAnalysis], metric: str, styles: dict[str, dict], folder: Path) -> Figure:
+def _plot_curves(series: list[SeriesAnalysis], metric: str, styles: dict[str, dict], folder: Path,
+                 u: Uncertainty | None = None) -> Figure:
     fig, axes = panel_grid(len(series), width=5.0, height=3.6)
     for ax, s in zip(axes, series):
         shade_regimes(ax, s)
         for m in s.methods:
             y = np.array([np.nan if v is None else v for v in s.values[m]], dtype=float)
             ax.plot(s.budgets, y, label=m, **styles[m])
+            band = [u.intervals.get(cell_key(m, k, s.name, metric)) for k in s.budgets] if u and s.kind == "task" else []
+            if band and all(b is not None for b in band):
+                ax.fill_between(s.budgets, [b[0] for b in band], [b[1] for b in band], color=styles[m]["color"],
+                                alpha=0.12, linewidth=0, zorder=1)
         ax.axhline(s.baseline, color="#777", linewidth=0.8, linestyle=":", zorder=1)
         if s.kind == "task":
             n = f", n={s.n}" if s.n else ""
@@ -81,7 +87,9 @@ def _plot_curves(series: list[SeriesAnalysis], metric: str, styles: dict[str, di
                   "squares: spacing-aware; circles: ranking methods). Dotted grey line: the unpruned model. Shaded "
                   "bands: the regimes found by the change-point rule (blue 1 ranking-sensitive, amber 2 "
                   "converging, rose 3 structure-dominated); an absent regime has no band. Domain panels average "
-                  "the score relative to the unpruned model over the domain's tasks (1 = unpruned).")
+                  "the score relative to the unpruned model over the domain's tasks (1 = unpruned)."
+                  + (f" Light bands around a task's lines: the central {u.confidence:.0%} of {u.replicates} paired "
+                     "bootstrap resamples of its documents." if u else ""))
 
 
 def _plot_spread(series: list[SeriesAnalysis], metric: str, folder: Path) -> Figure:

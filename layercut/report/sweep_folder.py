@@ -29,6 +29,9 @@ class Sweep:
     # scores-<scope>.json beside it (e.g. text / image / all on a VLM), when present
     scope_scores: dict[str, LayerScores] = field(default_factory=dict)
     probe: DamageProfile | None = None  # probe.json (single-drop damage), when present
+    # per-document values of each result row (cells.jsonl), for the bootstrap; empty for old sweeps
+    docs: dict = field(default_factory=dict)
+    no_docs: str = ""  # why `docs` is empty
 
 
 @dataclass
@@ -64,7 +67,30 @@ def read_sweep(sweep_dir: str | Path) -> Sweep:
     scope_scores = {p.stem[len("scores-"):]: LayerScores.load(p)
                     for p in sorted(path.glob("scores-*.json"))}
     probe = DamageProfile.load(path / "probe.json") if (path / "probe.json").is_file() else None
-    return Sweep(path, results, spec, scores, scope_scores, probe)
+    docs, no_docs = _doc_values(path, results)
+    return Sweep(path, results, spec, scores, scope_scores, probe, docs, no_docs)
+
+
+def _doc_values(path: Path, results: pd.DataFrame) -> tuple[dict, str]:
+    """The rows' per-document values from cells.jsonl (read only: a torn last line is skipped),
+    or why there are none."""
+    from layercut.sweep import LOG_FILE
+    from layercut.sweep.log import doc_values
+
+    log = path / LOG_FILE
+    if not log.is_file():
+        return {}, f"the folder has no {LOG_FILE}, only a results table"
+    records = {}
+    for line in log.read_text().splitlines():
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError:
+            continue  # a torn last line of a killed sweep
+        records[rec["key"]] = rec
+    docs = doc_values(results, records)
+    return docs, "" if docs else (f"no cell of {LOG_FILE} holds per-document values (a sweep written before "
+                                 "layercut stored them, or metrics a harness aggregates its own way): re-run the "
+                                 "sweep to get intervals")
 
 
 # --------------------------------------------------------------------------- helpers

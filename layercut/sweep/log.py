@@ -2,9 +2,11 @@
 tidy table (results.parquet + results.csv) derived from it after every line. A sweep killed at any
 moment resumes from it: finished lines are kept, a torn last line is dropped.
 
-A harness task's unit also keeps, for audit, the harness's per-sample records (its log_samples)
-in samples/TASK/DROP.jsonl, written before the unit's line, and its line records which way each
-of the harness's metrics is better.
+Each line keeps the per-document values of its metrics ("docs": values and weights, in the task's
+document order), which the regime analysis resamples for its intervals (`doc_values`). A harness
+task's unit also keeps, for audit, the harness's per-sample records (its log_samples) in
+samples/TASK/DROP.jsonl, written before the unit's line, and its line records which way each of
+the harness's metrics is better.
 """
 
 from __future__ import annotations
@@ -60,6 +62,8 @@ class ResultsLog:
             rec["higher_is_better"] = extra["higher_is_better"]
         if extra.get("samples") is not None:
             rec["samples"] = self._write_samples(unit, extra["samples"])
+        if extra.get("docs"):
+            rec["docs"] = {m: [list(v), list(w)] for m, (v, w) in extra["docs"].items()}
         with open(self.path, "a") as f:
             f.write(json.dumps(rec) + "\n")
             f.flush()
@@ -115,3 +119,19 @@ class ResultsLog:
         with atomic_file(self.folder / "results.csv", overwrite=True) as tmp:
             df.to_csv(tmp, index=False)
         return df
+
+
+def doc_values(results: pd.DataFrame, records: dict[str, dict[str, Any]]) -> dict:
+    """{(method, budget, task, metric): (values, weights)} for the result rows whose unit logged
+    per-document values (`ResultsLog.done`); rows of older sweeps simply have none."""
+    from layercut.sweep.spec import HEAL_TAG
+
+    out = {}
+    for r in results.itertuples(index=False):
+        task, _, steps = str(r.task).partition(HEAL_TAG)
+        drop = tuple(sorted(int(x) for x in str(r.drop).split(",") if x.strip()))
+        rec = records.get(Unit(drop, task, int(steps) if steps else 0).key)
+        got = (rec or {}).get("docs", {}).get(str(r.metric))
+        if got is not None:
+            out[(str(r.method), int(r.budget), str(r.task), str(r.metric))] = (got[0], got[1])
+    return out

@@ -22,8 +22,9 @@ class Worker:
     `path` is where the model is (the caller resolved a zoo name in `spec.model` to it);
     `harness_tasks`, harness tasks the caller already loaded (`evaluation.harness.prepare`);
     `device`, where to put the model when no device map places it (a Ray GPU actor: "cuda").
-    A result's `extra` is empty for layercut's tasks; for a harness task it holds which way each
-    metric is better and the harness's per-sample records."""
+    A result's `extra` holds the per-document values of its metrics ("docs", what the regime
+    analysis resamples); for a harness task also which way each metric is better and the
+    harness's per-sample records."""
 
     def __init__(self, spec: SweepSpec, path: str, harness_tasks: dict[str, Any] | None = None,
                  device: str | None = None) -> None:
@@ -48,6 +49,8 @@ class Worker:
         task's units at once), the others (generation, harness tasks) one layer-skip view per unit."""
         from layercut import engine
         from layercut.evaluation.harness import HarnessTask
+        from layercut.evaluation.runner import per_document
+        from layercut.evaluation.teacher import teacher_metrics
 
         by_task: dict[str, list[Unit]] = {}
         by_drop: dict[tuple[int, ...], list[Unit]] = {}
@@ -67,8 +70,11 @@ class Worker:
             if task not in self.shared:
                 self.shared[task] = engine.SharedWork.for_task(self.adapter, prepared, self.spec.batch_size,
                                                       self.spec.cache_mem, mode=self.spec.engine)
-            for drop, metrics, seconds in self.shared[task].run([u.drop for u in group]):
-                yield Unit(drop, task), metrics, seconds, {}
+            for drop, scored, seconds in self.shared[task].row_scores([u.drop for u in group]):
+                details: list[dict] = []
+                metrics = teacher_metrics(prepared, scored, details)
+                yield (Unit(drop, task), {k: float(v) for k, v in metrics.items()}, seconds,
+                       {"docs": per_document(prepared.task.kind, details)})
 
     def run_list(self, units: list[Unit]) -> list[Result]:
         return list(self.run_many(units))
@@ -105,14 +111,17 @@ class Worker:
         """One task on the model as it is now: (metrics, extra)."""
         from layercut.evaluation import evaluate, harness
 
+        from layercut.evaluation.runner import per_document
+
         prepared = self.prepared[task]
         if isinstance(prepared, harness.HarnessTask):
             out = harness.run(self.adapter, prepared, limit=self.spec.limit, batch_size=self.spec.batch_size)
             res = harness.result(prepared, out)
-            return res.metrics, {"higher_is_better": res.higher_is_better, "samples": res.samples}
-        metrics = evaluate(self.adapter, prepared, batch_size=self.spec.batch_size,
+            return res.metrics, {"higher_is_better": res.higher_is_better, "samples": res.samples, "docs": res.docs}
+        details: list[dict] = []
+        metrics = evaluate(self.adapter, prepared, batch_size=self.spec.batch_size, details=details,
                            max_tokens_per_batch=self.spec.max_tokens_per_batch)
-        return {k: float(v) for k, v in metrics.items()}, {}
+        return {k: float(v) for k, v in metrics.items()}, {"docs": per_document(prepared.task.kind, details)}
 
 
 def run_local(worker: Worker, units: list[Unit], on_result: Callable) -> None:
