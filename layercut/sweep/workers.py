@@ -173,7 +173,7 @@ def run_ray(spec: SweepSpec, path: str, units: list[Unit], on_result: Callable, 
     queue = list(enumerate(_chunks(units, n)))
     lost: dict[int, int] = {}  # chunk -> times an actor died on it
     deaths = [0] * len(pool)  # per actor: a second death means its restart is used up too
-    pending: dict[Any, tuple[int, int, list[Unit]]] = {}
+    pending: dict[Any, tuple[int, int | None, list[Unit]]] = {}  # call -> (actor, chunk id or None: a probe)
 
     def submit(i: int) -> None:
         if queue and deaths[i] < 2:
@@ -188,16 +188,20 @@ def run_ray(spec: SweepSpec, path: str, units: list[Unit], on_result: Callable, 
         try:
             results = ray.get(done[0])
         except ray.exceptions.RayActorError:
-            lost[cid] = lost.get(cid, 0) + 1
             deaths[i] += 1
-            if lost[cid] > 1 or min(deaths) >= 2:
+            if cid is not None:
+                lost[cid] = lost.get(cid, 0) + 1
+                queue.insert(0, (cid, chunk))  # to the next free actor
+            if (cid is not None and lost[cid] > 1) or min(deaths) >= 2:
                 raise LayercutError(f"Ray actors died on the same {len(chunk)} unit(s) twice, or all of them twice: "
                                     "see the Ray logs, then continue with --resume") from None
-            queue.insert(0, (cid, chunk))  # to the next free actor
+            if deaths[i] < 2:  # an empty call returns once Ray has restarted the actor
+                pending[pool[i].run_list.remote([])] = (i, None, [])
         else:
             for result in results:
                 on_result(*result)
-        submit(i)
+            submit(i)
+        busy = {v[0] for v in pending.values()}
         for j in range(len(pool)):  # an idle actor picks up a chunk another one lost
-            if queue and deaths[j] < 2 and j not in {v[0] for v in pending.values()}:
+            if j not in busy and queue:
                 submit(j)
