@@ -18,26 +18,18 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-import torch
 
 from layercut import api
 from layercut.errors import LayercutError
 from layercut.sweep import LOG_FILE, SweepSpec, run_sweep
-from tests.test_bridges import OFFLINE_ENV, run_lmms_cli, write_lm_tasks, write_lmms_tasks
+from tests.test_bridges import OFFLINE_ENV, one_thread, run_lmms_cli, write_lm_tasks, write_lmms_tasks  # noqa: F401 (one_thread: autouse)
+from tests.test_sweep import kill_and_resume
 from tests.test_cli import run as run_cli
 
 LM_TASKS = ["lm-eval:layercut_cloze", "lm-eval:layercut_ppl"]
 LMMS_TASKS = ["lmms-eval:layercut_colours_gen", "lmms-eval:layercut_colours_mc@math"]
 METHODS = ["last", "uniform"]
 BUDGETS = [0, 2]
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    saved = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(saved)
 
 
 @pytest.fixture(scope="module")
@@ -166,19 +158,8 @@ def test_killed_harness_sweep_resumes_to_the_same_table(tiny_text_dir, lm_tasks,
             "--budgets", "0:3", "--tasks", ",".join(LM_TASKS), "--include-path", str(lm_tasks), "--no-report"]
     env = {**os.environ, **OFFLINE_ENV}
     killed = tmp_path / "killed"
-    proc = subprocess.Popen(args + ["--out", str(killed)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
     log = killed / LOG_FILE
-    deadline = time.time() + 300
-    while time.time() < deadline and proc.poll() is None:
-        if log.exists() and len(log.read_text().splitlines()) >= 2:
-            break
-        time.sleep(0.02)
-    assert proc.poll() is None, "the sweep finished before it could be killed"
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
-    before = len(log.read_text().splitlines())
-    resumed = subprocess.run(args + ["--out", str(killed), "--resume"], capture_output=True, text=True, timeout=600, env=env)
-    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    before = kill_and_resume(args, killed, lines=2, env=env)
     whole = tmp_path / "whole"
     clean = subprocess.run(args + ["--out", str(whole)], capture_output=True, text=True, timeout=600, env=env)
     assert clean.returncode == 0, clean.stderr[-2000:]

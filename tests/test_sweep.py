@@ -81,27 +81,34 @@ def test_sweep_table_shares_repeated_drop_sets(tiny_text_dir, scores_path, tmp_p
         run_sweep(spec_for(tiny_text_dir, scores_path), tmp_path / "s")
 
 
-def test_killed_sweep_resumes_to_the_same_table(tiny_text_dir, scores_path, tmp_path):
-    exe = Path(sys.executable).parent / "layercut"
-    args = [str(exe), "sweep", "--model", str(tiny_text_dir), "--scores", str(scores_path),
-            "--methods", ",".join(METHODS + ["random"]), "--budgets", "0:3", "--tasks", ",".join(TASKS),
-            "--limit", "6", "--no-report"]
-    killed = tmp_path / "killed"
-    proc = subprocess.Popen(args + ["--out", str(killed)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    log = killed / LOG_FILE
-    deadline = time.time() + 240
-    while time.time() < deadline:
-        if log.exists() and len(log.read_text().splitlines()) >= 3:
-            break
-        if proc.poll() is not None:
+def kill_and_resume(args: list[str], out: Path, lines: int, env: dict | None = None) -> int:
+    """Start `args --out OUT`, SIGKILL it once `lines` units are logged, resume it to the end;
+    returns how many units were logged at the kill."""
+    proc = subprocess.Popen(args + ["--out", str(out)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    log = out / LOG_FILE
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None:
+        if log.exists() and len(log.read_text().splitlines()) >= lines:
             break
         time.sleep(0.02)
     assert proc.poll() is None, "the sweep finished before it could be killed"
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     before = len(log.read_text().splitlines())
-    resumed = subprocess.run(args + ["--out", str(killed), "--resume"], capture_output=True, text=True, timeout=600)
+    resumed = subprocess.run(args + ["--out", str(out), "--resume"], capture_output=True, text=True, timeout=600,
+                             env=env)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
+    return before
+
+
+def test_killed_sweep_resumes_to_the_same_table(tiny_text_dir, scores_path, tmp_path):
+    exe = Path(sys.executable).parent / "layercut"
+    args = [str(exe), "sweep", "--model", str(tiny_text_dir), "--scores", str(scores_path),
+            "--methods", ",".join(METHODS + ["random"]), "--budgets", "0:3", "--tasks", ",".join(TASKS),
+            "--limit", "6", "--no-report"]
+    killed = tmp_path / "killed"
+    log = killed / LOG_FILE
+    before = kill_and_resume(args, killed, lines=3)
     whole = tmp_path / "whole"
     clean = subprocess.run(args + ["--out", str(whole)], capture_output=True, text=True, timeout=600)
     assert clean.returncode == 0, clean.stderr[-2000:]
