@@ -2,8 +2,10 @@
 
 Three things change together (../shared/FACTS.md): the layer list; every `layer_idx` inside the
 kept layers, renumbered 0..k-1 (the KV cache is indexed by it); and the text config: per-layer
-lists subset in order, Qwen's `max_window_layers` recounted, `num_hidden_layers` set last. The
-saved folder is then reloaded and its logits must equal the in-memory pruned model's exactly.
+lists subset in order, lists of layer indices (the family's `index_lists`, e.g. Mllama's
+`cross_attention_layers`) renumbered, Qwen's `max_window_layers` recounted, `num_hidden_layers`
+set last. The saved folder is then reloaded and its logits must equal the in-memory pruned model's
+exactly.
 """
 
 from __future__ import annotations
@@ -47,6 +49,7 @@ class Recipe:
     versions: dict[str, str] = field(default_factory=dict)
     calibration: str | None = None  # the calibration set the selection used (default heal data)
     heal: dict[str, Any] = field(default_factory=dict)  # filled by `layercut heal`
+    allowed: list[str] = field(default_factory=list)  # family guards lifted (e.g. cross-attention)
 
     def save(self, path: str | Path) -> None:
         Path(path).write_text(json.dumps(asdict(self), indent=1) + "\n")
@@ -96,6 +99,13 @@ def drop_layers(adapter: Any, drop: Iterable[int]) -> list[int]:
         values = getattr(cfg, name, None)
         if isinstance(values, (list, tuple)) and len(values) == L:
             setattr(cfg, name, [values[i] for i in kept])
+    new_index = {old: new for new, old in enumerate(kept)}
+    for name in adapter.family.index_lists:
+        # A layer listed here keeps its kind under its new index; a dropped one leaves the list.
+        renumbered = [new_index[i] for i in getattr(cfg, name) if i in new_index]
+        setattr(cfg, name, renumbered)
+        if hasattr(adapter.decoder, name):  # e.g. MllamaTextModel reads its own copy in forward
+            setattr(adapter.decoder, name, renumbered)
     mwl = getattr(cfg, "max_window_layers", None)
     if isinstance(mwl, int):
         cfg.max_window_layers = sum(1 for i in kept if i < mwl)
@@ -135,7 +145,10 @@ def skipped(adapter: Any, drop: Iterable[int]) -> Iterator[list[int]]:
     """
     cfg = adapter.text_config
     layers = adapter.layers
-    saved_cfg = {n: getattr(cfg, n) for n in (*PER_LAYER_LISTS, "max_window_layers") if hasattr(cfg, n)}
+    index_lists = adapter.family.index_lists
+    names = (*PER_LAYER_LISTS, *index_lists, "max_window_layers")
+    saved_cfg = {n: getattr(cfg, n) for n in names if hasattr(cfg, n)}
+    saved_decoder = {n: getattr(adapter.decoder, n) for n in index_lists if hasattr(adapter.decoder, n)}
     saved_idx = [
         (m, m.layer_idx) for layer in layers for m in layer.modules() if hasattr(m, "layer_idx")
     ]
@@ -149,6 +162,8 @@ def skipped(adapter: Any, drop: Iterable[int]) -> Iterator[list[int]]:
             m.layer_idx = idx
         for n, v in saved_cfg.items():
             setattr(cfg, n, v)
+        for n, v in saved_decoder.items():
+            setattr(adapter.decoder, n, v)
         cfg.num_hidden_layers = saved_n
         if saved_map is not None:
             adapter.model.hf_device_map = saved_map
@@ -275,6 +290,7 @@ def prune(
         source_path=getattr(adapter, "path", "") or adapter.source,
         versions=_versions(),
         calibration=calibration,
+        allowed=sorted(getattr(adapter, "allowed", ())),
     )
     with atomic_dir(out, overwrite=overwrite) as tmp:
         save_model(adapter, tmp)
@@ -357,6 +373,8 @@ def model_card(recipe: Recipe) -> str:
     ]
     if r.params:
         lines.append(f"| method parameters | `{json.dumps(r.params, sort_keys=True)}` |")
+    if r.allowed:
+        lines.append(f"| guards lifted (droppable on request) | {', '.join(r.allowed)} |")
     if r.scores_file:
         lines.append(f"| layer scores | `{r.scores_file}` (sha256 `{r.scores_sha256[:16]}…`) |")
     v = r.verify

@@ -10,8 +10,12 @@ the same Auto classes layercut uses, so every family-specific code path runs:
 - Qwen3 and Qwen3-VL have `head_dim != hidden_size // num_attention_heads`; Qwen3-VL has three
   deepstack injection points (decoder layers 0, 1, 2);
 - Qwen3 and Gemma3 tie their word embeddings, the others do not;
-- Qwen-VL images are a non-square 4 x 6 patch grid (6 merged image tokens); SmolVLM uses pixel
-  shuffle 4, Idefics3 2; LLaVA gets 9 image tokens, the other ViT families 4.
+- Qwen-VL (and GLM-4V, Qwen3-VL-MoE) images are a non-square 4 x 6 patch grid (6 merged image
+  tokens); SmolVLM uses pixel shuffle 4, Idefics3 2; LLaVA gets 9 image tokens, the other ViT
+  families 4;
+- LLaVA-NeXT, LLaVA-OneVision, Mistral3, Mllama, Qwen3-VL-MoE, GLM-4V and Aya Vision
+  (`MORE_VLM_IDS`) are built by `tests/tiny_vlm.py`, whose docstring says what is special in each:
+  anyres tiles, Pixtral rows, Mllama's cross-attention layers, MoE layers, Aya's tiles.
 
 Generation never emits PAD, BOS or image-structure tokens (`generation_config.suppress_tokens`), so
 a generated sequence can be fed back with the same pixel values.
@@ -31,13 +35,21 @@ import transformers
 from torch import nn
 
 TEXT_IDS: list[str] = ["llama", "mistral", "qwen2", "qwen3", "gemma3_text"]
+# Built by tests/tiny_vlm.py.
+MORE_VLM_IDS: list[str] = [
+    "llava_next", "llava_onevision", "mistral3", "mllama", "qwen3_vl_moe", "glm4v", "aya_vision",
+]
 VISION_IDS: list[str] = [
     "qwen2_vl", "qwen2_5_vl", "qwen3_vl", "llava", "idefics3", "smolvlm", "gemma3", "internvl",
+    *MORE_VLM_IDS,
 ]
 FAMILY_IDS: list[str] = TEXT_IDS + VISION_IDS
-QWEN_VL_IDS = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl")
+# Fed flattened patches with `image_grid_thw`; `mm_token_type_ids` mark the image tokens.
+THW_IDS = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl", "qwen3_vl_moe", "glm4v")
 # Families whose text decoder has sliding-window layers in these tiny models.
-SLIDING_IDS: list[str] = ["mistral", "qwen2", "gemma3_text", "qwen2_vl", "qwen2_5_vl", "gemma3", "internvl"]
+SLIDING_IDS: list[str] = [
+    "mistral", "qwen2", "gemma3_text", "qwen2_vl", "qwen2_5_vl", "gemma3", "internvl", "aya_vision",
+]
 
 # Shared token layout. Text ids are drawn from [TEXT_LO, VOCAB - 8): every special id lies outside.
 VOCAB = 384
@@ -129,10 +141,19 @@ def _vit(family_id: str) -> dict[str, Any]:
     )
 
 
+def _vlm() -> Any:
+    """tests/tiny_vlm.py, imported when first needed: it imports this module's token layout."""
+    from tests import tiny_vlm
+
+    return tiny_vlm
+
+
 def tiny_config(family_id: str, num_layers: int = 6, window: int = WINDOW) -> Any:
     """The config `make_tiny` builds; `window` sets every sliding window (e.g. large to turn it off)."""
     T = transformers
     n = num_layers
+    if family_id in MORE_VLM_IDS:
+        return _vlm().config(family_id, n, window)
     if family_id == "llama":
         return T.LlamaConfig(**_common_text(n, tie_word_embeddings=False))
     if family_id == "mistral":
@@ -236,9 +257,11 @@ def tiny_config(family_id: str, num_layers: int = 6, window: int = WINDOW) -> An
 
 def num_image_tokens(family_id: str, config: Any) -> int:
     """Image tokens per image that the model expects for the pixel values `Tiny.inputs` builds."""
-    if family_id in QWEN_VL_IDS:
+    if family_id in THW_IDS:
         t, h, w = QWEN_GRID
         return t * h * w // config.vision_config.spatial_merge_size**2
+    if family_id in MORE_VLM_IDS:
+        return _vlm().image_tokens(family_id, config)
     if family_id == "llava":
         v = config.vision_config
         n = (v.image_size // v.patch_size) ** 2
@@ -277,6 +300,8 @@ def _reinit(model: nn.Module, family_id: str) -> None:
                 p.normal_(0.0, WEIGHT_STD)
             elif name.endswith("bias"):
                 p.normal_(0.0, BIAS_STD)
+            elif name.endswith("gate"):  # Mllama's tanh gates start at 0: the image would add nothing
+                p.normal_(0.0, 1.0)
             # other 1-D parameters (CLIP class embedding, InternVL layer scales) keep their init
 
 
@@ -331,7 +356,7 @@ class Tiny:
             attention_mask[b, width - len(row) :] = 1
             type_ids[b, width - len(row) :] = torch.tensor(row_types)
         out: dict[str, torch.Tensor] = {"input_ids": input_ids, "attention_mask": attention_mask}
-        if self.family_id in QWEN_VL_IDS:
+        if self.family_id in THW_IDS:
             out["mm_token_type_ids"] = type_ids  # text 0, image 1 (video 2)
         elif self.family_id == "gemma3":
             out["token_type_ids"] = type_ids  # image 1: bidirectional attention inside the image
@@ -341,14 +366,17 @@ class Tiny:
 
     def _image_block(self) -> tuple[list[int], list[int]]:
         n = self.image_tokens
-        if self.family_id in QWEN_VL_IDS or self.family_id == "gemma3":
-            # Qwen-VL: <|vision_start|> pads <|vision_end|>; Gemma3: <start_of_image> ... <end_of_image>
+        if self.family_id in (*THW_IDS, "gemma3", "aya_vision"):
+            # Qwen-VL: <|vision_start|> pads <|vision_end|>; Gemma3: <start_of_image> ... <end_of_image>;
+            # Aya Vision: <|START_OF_IMG|> ... <|END_OF_IMG|>
             return [VISION_START] + [IMAGE] * n + [VISION_END], [0] + [1] * n + [0]
+        if self.family_id == "mistral3":
+            return _vlm().pixtral_block(self.model.config)
         return [IMAGE] * n, [1] * n
 
     def _pixels(self, batch: int, gen: torch.Generator) -> dict[str, torch.Tensor]:
         cfg = self.model.config
-        if self.family_id in QWEN_VL_IDS:
+        if self.family_id in THW_IDS:
             # Flattened patches, as Qwen2VLImageProcessor emits them: [patches, C * t * p * p].
             v = cfg.vision_config
             t, h, w = QWEN_GRID
@@ -357,6 +385,8 @@ class Tiny:
                 "pixel_values": torch.randn((batch * t * h * w, dim), generator=gen),
                 "image_grid_thw": torch.tensor([list(QWEN_GRID)] * batch, dtype=torch.long),
             }
+        if self.family_id in MORE_VLM_IDS:
+            return _vlm().pixels(self.family_id, cfg, batch, gen)
         size = VIT_IMAGE[self.family_id][0]
         images = torch.randn((batch, 3, size, size), generator=gen)
         if self.family_id in ("idefics3", "smolvlm"):

@@ -1,8 +1,9 @@
 """Everything layercut knows about model families, as one table read by generic code.
 
 A family is a row: which `config.model_type` values it covers, which Auto class loads it, which
-extra input its forward needs to tell image tokens apart, and which decoder layers must never be
-dropped. Nothing outside this package names an architecture.
+extra input its forward needs to tell image tokens apart, which decoder layers must never be
+dropped, which are protected only until the user allows dropping them (`Guard`), and which config
+lists name layers by index. Nothing outside this package names an architecture.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 import torch
 from torch import nn
@@ -28,6 +29,19 @@ def _qwen3_vl_deepstack(config: Any) -> set[int]:
     return set(range(len(config.vision_config.deepstack_visual_indexes)))
 
 
+def _cross_attention(config: Any) -> set[int]:
+    # Llama-3.2-Vision sees the image only through these layers: drop them all and it is blind.
+    return set(config.get_text_config(decoder=True).cross_attention_layers)
+
+
+@dataclass(frozen=True)
+class Guard:
+    """Layers a family protects by default but lets a user drop, once allowed by `name`."""
+
+    name: str  # what the user passes: `load(..., allow=("cross-attention",))`
+    layers: Callable[[Any], set[int]]
+
+
 @dataclass(frozen=True)
 class Family:
     name: str  # shown to users
@@ -36,6 +50,10 @@ class Family:
     # Extra forward input marking image tokens (1) vs text (0) that the family needs in 5.x.
     type_ids_input: str | None = None
     protected: Callable[[Any], set[int]] = field(default=_no_protected)
+    guards: tuple[Guard, ...] = ()
+    # Text-config lists of layer indices (which layers are of a kind): surgery drops the removed
+    # layers from them and renumbers the rest; a decoder attribute of the same name follows.
+    index_lists: tuple[str, ...] = ()
 
 
 FAMILIES: tuple[Family, ...] = (
@@ -57,7 +75,43 @@ FAMILIES: tuple[Family, ...] = (
     Family("Idefics3 / SmolVLM", ("idefics3", "smolvlm"), vision=True),
     Family("Gemma3 (VLM)", ("gemma3",), vision=True, type_ids_input="token_type_ids"),
     Family("InternVL", ("internvl",), vision=True),
+    Family("LLaVA-NeXT", ("llava_next",), vision=True),
+    Family("LLaVA-OneVision", ("llava_onevision",), vision=True),
+    Family("Mistral3 (Pixtral vision)", ("mistral3",), vision=True),
+    Family(
+        "Llama-3.2-Vision (Mllama)",
+        ("mllama",),
+        vision=True,
+        guards=(Guard("cross-attention", _cross_attention),),
+        index_lists=("cross_attention_layers",),
+    ),
+    Family(
+        "Qwen3-VL-MoE",
+        ("qwen3_vl_moe",),
+        vision=True,
+        type_ids_input="mm_token_type_ids",
+        protected=_qwen3_vl_deepstack,
+        index_lists=("mlp_only_layers",),  # dense (non-MoE) layers
+    ),
+    Family("GLM-4V", ("glm4v",), vision=True, type_ids_input="mm_token_type_ids"),
+    Family("Aya Vision", ("aya_vision",), vision=True),
 )
+
+
+def check_allow(family: Family, names: str | Iterable[str]) -> frozenset[str]:
+    """Guard names (an iterable, or one comma-separated string as a command line gives them),
+    each checked against the family's guards: a one-line error names the ones it has."""
+    if isinstance(names, str):
+        names = [n.strip() for n in names.split(",") if n.strip()]
+    names = frozenset(names)
+    known = {g.name for g in family.guards}
+    for name in sorted(names - known):
+        have = ", ".join(sorted(known)) or "none"
+        raise LayercutError(
+            f"{family.name} has no guarded layers called '{name}' (its guards: {have}): "
+            "fix the allow list"
+        )
+    return names
 
 
 def family_for(config: Any) -> Family:
@@ -81,10 +135,18 @@ class Adapter:
     source: str = ""  # what the user named: folder, hub id or zoo name
     path: str = ""  # where it was loaded from (a zoo name's cached folder)
     offload_folder: str | None = None  # where a device map's "disk" weights live, if any
+    allowed: frozenset[str] = frozenset()  # names of the family's guards the user lifted
 
     @classmethod
-    def wrap(cls, model: nn.Module, processor: Any = None, source: str = "") -> "Adapter":
-        return cls(model=model, family=family_for(model.config), processor=processor, source=source)
+    def wrap(cls, model: nn.Module, processor: Any = None, source: str = "",
+             allow: str | Iterable[str] = ()) -> "Adapter":
+        family = family_for(model.config)
+        return cls(model=model, family=family, processor=processor, source=source,
+                   allowed=check_allow(family, allow))
+
+    def allow(self, names: str | Iterable[str]) -> None:
+        """Let the user drop the layers of the named guards (e.g. Mllama's "cross-attention")."""
+        self.allowed |= check_allow(self.family, names)
 
     @property
     def text_config(self) -> Any:
@@ -168,8 +230,14 @@ class Adapter:
         return inputs
 
     def protected_layers(self) -> set[int]:
-        """Layers this family never lets a user drop (e.g. Qwen3-VL deepstack injection points)."""
-        return self.family.protected(self.model.config)
+        """Layers this family does not let a user drop (e.g. Qwen3-VL deepstack injection points),
+        plus its guarded ones (e.g. Mllama cross-attention) unless the user allowed them."""
+        config = self.model.config
+        out = set(self.family.protected(config))
+        for guard in self.family.guards:
+            if guard.name not in self.allowed:
+                out |= guard.layers(config)
+        return out
 
     def default_protect(self) -> set[int]:
         """DESIGN default: the first layer, the last layer and the family's own."""
@@ -206,14 +274,17 @@ def load_model(
     *,
     source: str | None = None,
     hint: str = "",
+    allow: str | Iterable[str] = (),
 ) -> Adapter:
-    """An Adapter passes through; a folder or hub id loads in `dtype` (a name of DTYPES)."""
+    """An Adapter passes through (with `allow` added); a folder or hub id loads in `dtype` (a
+    name of DTYPES)."""
     if isinstance(model, Adapter):
+        model.allow(allow)
         return model
     if dtype not in DTYPES:
         raise LayercutError(f"unknown dtype '{dtype}': use one of {', '.join(DTYPES)}")
     return load(model, DTYPES[dtype], device_map=device_map, offload_folder=offload_folder,
-                source=source, hint=hint)
+                source=source, hint=hint, allow=allow)
 
 
 def load(
@@ -224,6 +295,7 @@ def load(
     *,
     source: str | None = None,
     hint: str = "",
+    allow: str | Iterable[str] = (),
 ) -> Adapter:
     """Load a supported model and its processor/tokenizer from a folder or hub id.
 
@@ -234,6 +306,7 @@ def load(
     Hub ids only work where a hub is reachable or the model is already in the local HF cache.
     `source` is what the user named (a zoo name resolved to `path` by the caller; default
     `path`); `hint` lists other things the user could have named, for the error message.
+    `allow` names family guards whose layers may be dropped (see `Adapter.allow`).
     """
     import transformers
 
@@ -246,6 +319,7 @@ def load(
             + (f", {hint}" if hint else " or a cached hub id")
         ) from exc
     family = family_for(config)
+    allowed = check_allow(family, allow)  # before the weights load: a typo costs nothing
     kwargs: dict[str, Any] = {"dtype": dtype}
     if device_map is not None:
         kwargs["device_map"] = parse_device_map(device_map)
@@ -268,7 +342,8 @@ def load(
     model.eval()
     processor = load_processor(path, family)
     return Adapter(model=model, family=family, processor=processor, source=name, path=str(path),
-                   offload_folder=str(offload_folder) if offload_folder is not None else None)
+                   offload_folder=str(offload_folder) if offload_folder is not None else None,
+                   allowed=allowed)
 
 
 def parse_device_map(device_map: str | dict[str, Any]) -> str | dict[str, Any]:
