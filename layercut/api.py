@@ -7,7 +7,9 @@
 
 Models are a folder, a hub id or a zoo name (resolved here: the stages below take folders and
 loaded models); calibration sets a JSONL path, a list of samples, or
-`builtin:text|image|all|vision[:N]` (N samples per domain, default 32).
+`builtin:text|image|all|vision[:N]` (N samples per domain, default 32). `allow` names family
+guards whose layers may be dropped (Mllama's "cross-attention"; a comma-separated string or a
+list), checked against the family before any weight loads.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from layercut.data.calibration import calibration
 from layercut.errors import LayercutError
 from layercut.scoring import LayerScores
 
-__all__ = ["calibration", "heal", "load_model", "probe", "prune", "resolve_model", "score", "select",
+__all__ = ["calibration", "check_allow", "heal", "load_model", "probe", "prune", "resolve_model", "score", "select",
            "sweep"]
 
 
@@ -35,13 +37,21 @@ def load_model(
     dtype: str = "fp32",
     device_map: str | dict | None = None,
     offload_folder: str | Path | None = None,
+    allow: str | Iterable[str] = (),
 ) -> models.Adapter:
-    """An Adapter passes through; a name loads in `dtype`, optionally through an accelerate
-    device map ("auto", "balanced", a JSON file or a dict; "disk" entries go to `offload_folder`)."""
+    """An Adapter passes through (with `allow` added); a name loads in `dtype`, optionally through
+    an accelerate device map ("auto", "balanced", a JSON file or a dict; "disk" entries go to
+    `offload_folder`)."""
     if isinstance(model, models.Adapter):
-        return model
+        return models.load_model(model, allow=allow)
     return models.load_model(resolve_model(model), dtype, device_map, offload_folder, source=model,
-                             hint=f"a cached hub id, or a built-in name ({', '.join(zoo.names())})")
+                             hint=f"a cached hub id, or a built-in name ({', '.join(zoo.names())})", allow=allow)
+
+
+def check_allow(model: str, allow: str | Iterable[str]) -> frozenset[str]:
+    """`allow` checked against the model's family from its config alone: a typo fails before
+    anything heavy starts (a sweep's workers load the weights later)."""
+    return models.check_allow(models.family_for(models.read_config(resolve_model(model), model)), allow)
 
 
 def score(
@@ -85,13 +95,14 @@ def probe(
     dtype: str = "fp32",
     device_map: str | dict | None = None,
     offload_folder: str | Path | None = None,
+    allow: str | Iterable[str] = (),
     progress: Callable[[int, int], None] | None = None,
 ) -> Any:
     """The single-drop damage profile (`probe.DamageProfile`): each layer outside `protect`
     (default: every layer the family allows) dropped alone, calibration NLL per domain."""
     from layercut.probe import probe_samples
 
-    adapter = load_model(model, dtype, device_map, offload_folder)
+    adapter = load_model(model, dtype, device_map, offload_folder, allow)
     return probe_samples(adapter, calibration(calib), protect=protect, batch_size=batch_size,
                          max_length=max_length, cache_mem=cache_mem, progress=progress)
 
@@ -105,18 +116,20 @@ def select(
     model: str | models.Adapter | None = None,
     calib: str | Path | list[Sample] | None = None,
     probe: Any = None,
+    allow: str | Iterable[str] = (),
     progress: Callable[[int, int], None] | None = None,
     **options: Any,
 ) -> selection.Selection:
     """Choose `budget` layers to drop. `iterative` also needs `model` and `calib`; `damage` and
     guarded methods ('math+guard') a `probe` (a `probe.DamageProfile` or its JSON file).
+    The family's guarded layers are protected unless `allow` (or the loaded `model`) lifts them.
     `progress(done, total)` follows `iterative`'s candidate evaluations (it is the slow one)."""
     if isinstance(scores, (str, Path)):
         scores = LayerScores.load(scores)
-    adapter = load_model(model) if model is not None else None
+    adapter = load_model(model, allow=allow) if model is not None else None
     if scores is not None:
         num_layers = scores.num_layers
-        family_protected = scores.meta.get("family_protected", [])
+        family_protected = sorted(_family_protected(scores, adapter.allowed if adapter else allow))
     elif adapter is not None:
         num_layers = adapter.num_layers
         family_protected = sorted(adapter.protected_layers())
@@ -154,6 +167,24 @@ def select(
     )
 
 
+def _family_protected(scores: LayerScores, allowed: str | Iterable[str]) -> set[int]:
+    """The family's layers a selection from `scores` keeps: the always-protected ones, plus each
+    guard's layers unless `allowed` names the guard. Files from before guards were recorded hold
+    one merged list: they select as they did, and cannot lift a guard."""
+    protected = set(scores.meta.get("family_protected", []))
+    guards = scores.meta.get("family_guards")
+    if guards is None:
+        if models.guard_names(allowed):
+            raise LayercutError("this scores file records no guarded layers (made before layercut knew "
+                                "guards): re-run `layercut score` to lift a guard with --allow")
+        return protected
+    allowed = models.check_guard_names(scores.meta.get("family", "the scored model"), guards, allowed)
+    for name, layers in guards.items():
+        if name not in allowed:
+            protected |= set(layers)
+    return protected
+
+
 def prune(
     model: str | models.Adapter,
     calib: str | Path | list[Sample] | None = None,
@@ -164,6 +195,7 @@ def prune(
     scores: LayerScores | str | Path | None = None,
     drop: Iterable[int] | None = None,
     protect: str | Iterable[int] | None = None,
+    allow: str | Iterable[str] = (),
     mergekit: bool = False,
     overwrite: bool = False,
     dtype: str = "fp32",
@@ -178,7 +210,7 @@ def prune(
     from layercut.io import check_out
 
     out = check_out(out, overwrite)
-    adapter = load_model(model, dtype, device_map, offload_folder)
+    adapter = load_model(model, dtype, device_map, offload_folder, allow)
     scores_file = scores if isinstance(scores, (str, Path)) else None
     params: dict[str, Any] = {}
     if drop is None:

@@ -9,7 +9,9 @@ are kept while later configurations need them. A configuration starts from the d
 state on its path and runs only the layers after it; the LM head is applied only at the scored
 positions. Every layer gets the keyword arguments it received in one unpruned forward pass
 (attention mask, position embeddings, ...: captured per layer, since layer types differ), never
-a KV cache, so the numbers are those of the plain forward of the pruned model.
+a KV cache, so the numbers are those of the plain forward of the pruned model. A layer the
+model's forward leaves out of a batch (where its family says so: Mllama's cross-attention layers
+without an image) is left out of that batch here too.
 
 Memory: stored states (the embedding output, always, and branch points) are bounded by
 `cache_mem` bytes. When a state would pass the limit it is not stored and later configurations
@@ -77,7 +79,8 @@ class SharedWork:
         # Layers every configuration keeps from the start (e.g. where Qwen3-VL's decoder loop adds
         # deepstack features after a layer): the root state is the input of the first one after.
         self.root = tuple(_leading(sorted(adapter.protected_layers())))
-        self._calls: list[list[tuple[tuple, dict]]] = []  # per batch, per layer: (args, kwargs)
+        # per batch, per layer: (args, kwargs), or None where the model left the layer out
+        self._calls: list[list[tuple[tuple, dict] | None]] = []
         root: list[torch.Tensor] = []
         with torch.no_grad():
             for b in self.batches:
@@ -145,7 +148,8 @@ class SharedWork:
         finally:
             for h in handles:
                 h.remove()
-        if any(c is None for c in calls) or "root" not in state:
+        left_out = {i for i, c in enumerate(calls) if c is None}
+        if left_out - self.adapter.skipped_layers(batch.inputs) or not {"root", "last"} <= set(state):
             raise LayercutError(f"model '{self.adapter.source}' skipped decoder layers in its own forward: "
                                 "evaluate it with --engine plain")
         # The engine's own tail must give the model's logits, or its numbers would not be the model's.
@@ -214,6 +218,8 @@ class SharedWork:
         for q in range(p, len(kept)):
             j = kept[q]
             for b, h in enumerate(hidden):
+                if self._calls[b][j] is None:
+                    continue  # the model leaves this layer out for this batch (e.g. Mllama without an image)
                 args, kwargs = self._calls[b][j]
                 out = layers[j](h, *args, **kwargs)
                 hidden[b] = out[0] if isinstance(out, tuple) else out

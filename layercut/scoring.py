@@ -9,7 +9,10 @@ of layer l and x^(L) the raw output of the last layer, averaged over samples on 
 never stored beyond the one batch in flight. Padding never counts; zero-norm tokens are skipped
 and counted, so no NaN reaches the output. Tokens whose layer input or output holds inf/NaN (an
 fp16 overflow) are never averaged in: they are counted per layer and domain (`nonfinite`) and
-reported to the user.
+reported to the user. A layer the forward leaves out of a batch (only where its family says so:
+Mllama's cross-attention layers without an image) adds nothing to its sums, and the block
+distances see the hidden states it passed on unchanged; one never run in a domain scores 0 tokens
+there and is reported (`unobserved_report`).
 
 On a model dispatched over several devices (accelerate device map, CPU or disk offload), each
 layer's sums live on the device its activations are on, and are gathered once at the end.
@@ -82,22 +85,12 @@ class LayerScores:
         tokens = [sum(p.tokens[i] for p in parts) for i in range(L)]
 
         def pool(attr: str) -> list[float]:
-            out = []
-            for i in range(L):
-                total = sum(getattr(p, attr)[i] * p.tokens[i] for p in parts)
-                out.append(total / tokens[i] if tokens[i] else 0.0)
-            return out
+            return [sum(getattr(p, attr)[i] * p.tokens[i] for p in parts) / tokens[i] if tokens[i] else 0.0
+                    for i in range(L)]
 
         bs = sum(p.block_samples for p in parts)
-        block = [
-            [
-                (sum(p.block_distance[l][j] * p.block_samples for p in parts if p.block_samples) / bs)
-                if bs
-                else 0.0
-                for j in range(L - l)
-            ]
-            for l in range(L)
-        ] if bs else []
+        block = [[sum(p.block_distance[l][j] * p.block_samples for p in parts if p.block_samples) / bs
+                  for j in range(L - l)] for l in range(L)] if bs else []
         return DomainScores(
             cosine=pool("cosine"),
             angular=pool("angular"),
@@ -122,16 +115,17 @@ class LayerScores:
                 )
         return lines
 
+    def unobserved_report(self) -> list[str]:
+        """One line per domain with layers the model left out of all its batches (no measurement)."""
+        return [f"domain '{name}': layer(s) {', '.join(map(str, layers))} never ran on its samples (the "
+                "model skips them on such inputs): 0 tokens scored there; add samples that run them "
+                "(e.g. with images) to score them in this domain"
+                for name, layers in self.meta.get("unobserved", {}).items()]
+
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "format": FORMAT,
-            "num_layers": self.num_layers,
-            "scope": self.scope,
-            "block_tokens": self.block_tokens,
-            "model": self.model,
-            "domains": {k: asdict(v) for k, v in self.domains.items()},
-            "meta": self.meta,
-        }
+        return {"format": FORMAT, "num_layers": self.num_layers, "scope": self.scope,
+                "block_tokens": self.block_tokens, "model": self.model,
+                "domains": {k: asdict(v) for k, v in self.domains.items()}, "meta": self.meta}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "LayerScores":
@@ -168,22 +162,12 @@ class LayerScores:
         """Tidy table: one row per (domain, layer)."""
         import pandas as pd
 
-        rows = []
-        for name, d in self.domains.items():
-            for i in range(self.num_layers):
-                rows.append(
-                    {
-                        "domain": name,
-                        "layer": i,
-                        "cosine": d.cosine[i],
-                        "angular": d.angular[i],
-                        "tokens": d.tokens[i],
-                        "zero_norm": d.zero_norm[i],
-                        "nonfinite": d.nonfinite[i] if d.nonfinite else 0,
-                    }
-                )
+        rows = [
+            {"domain": name, "layer": i, "cosine": d.cosine[i], "angular": d.angular[i], "tokens": d.tokens[i],
+             "zero_norm": d.zero_norm[i], "nonfinite": d.nonfinite[i] if d.nonfinite else 0}
+            for name, d in self.domains.items() for i in range(self.num_layers)
+        ]
         return pd.DataFrame(rows)
-
 
 
 # --------------------------------------------------------------------------- the streaming pass
@@ -292,7 +276,8 @@ class _Recorder:
         self.acc: _Domain | None = None
         self.mask: torch.Tensor | None = None  # [B, T] in-scope tokens
         self.block_mask: torch.Tensor | None = None  # [B, T] tokens of the block matrix
-        self.block_inputs: list[torch.Tensor | None] = []
+        self.block_inputs: list[torch.Tensor | None] = []  # per layer: its input at the block tokens
+        self.last: torch.Tensor | None = None  # the output of the last layer that ran
         self.handles = [
             layer.register_forward_hook(self._hook(i), with_kwargs=True)
             for i, layer in enumerate(layers)
@@ -305,7 +290,8 @@ class _Recorder:
         self.acc.samples += samples
         self.mask = mask
         self.block_mask = block_mask
-        self.block_inputs = [None] * (self.L + 1)
+        self.block_inputs = [None] * self.L
+        self.last = None
 
     def _hook(self, i: int):
         def hook(module, args, kwargs, output):  # noqa: ANN001 - torch hook signature
@@ -340,21 +326,29 @@ class _Recorder:
                 ]
             )
         )
-        bmask = self.block_mask.to(x.device)
-        self.block_inputs[i] = x[bmask].float()
-        if i == self.L - 1:
-            self.block_inputs[self.L] = y[bmask].float()
-            self._fold_blocks(y.device)
+        self.block_inputs[i] = x[self.block_mask.to(x.device)].float()
+        self.last = y
 
-    def _fold_blocks(self, device: torch.device) -> None:
-        """d(l, n) for every start l and size n from this batch's block tokens (a few vectors per
-        layer, brought to the last layer's device)."""
+    def finish(self, may_skip: set[int]) -> None:
+        """Fold the batch's block distances once its forward is done. A layer the model left out
+        (allowed only for `may_skip`) passed its input on unchanged: its input is the next one's."""
+        left_out = [i for i, v in enumerate(self.block_inputs) if v is None]
+        unexpected = sorted(set(left_out) - may_skip)
+        if unexpected or self.last is None:
+            raise LayercutError(f"decoder layer {(unexpected or left_out)[0]} was skipped during the forward "
+                                "for no reason its model family declares: cannot score this model")
+        y = self.last
+        vs: list[Any] = [None] * self.L + [y[self.block_mask.to(y.device)].float()]
+        for l in reversed(range(self.L)):
+            vs[l] = self.block_inputs[l] if self.block_inputs[l] is not None else vs[l + 1]
+        self._fold_blocks([v.to(y.device) for v in vs], y.device)
+
+    def _fold_blocks(self, vs: list[torch.Tensor], device: torch.device) -> None:
+        """d(l, n) for every start l and size n from this batch's block vectors `vs` (L+1 tensors
+        [N, H]: each layer's input, then the last output), all on the last layer's device."""
         acc = self.acc
         assert acc is not None
-        if any(v is None for v in self.block_inputs):
-            raise LayercutError("a decoder layer was skipped during the forward: cannot score blocks")
         block, block_n = acc.blocks(device)
-        vs = [v.to(device) for v in self.block_inputs]  # L+1 tensors [N, H]
         N = vs[0].shape[0]
         stack = torch.stack(vs)  # [L+1, N, H]
         norms = stack.norm(dim=-1)  # [L+1, N]
@@ -368,7 +362,6 @@ class _Recorder:
             block[l, : self.L - l] += d.sum(dim=1)
             block_n[l, : self.L - l] += ok.sum(dim=1)
         acc.units += N
-        self.block_inputs = [None] * (self.L + 1)
 
     def close(self) -> None:
         for h in self.handles:
@@ -389,9 +382,11 @@ def score(
 
     `adapter` is a `layercut.models.Adapter`; `progress(batch)` is called after each forward.
     `block_tokens="last"` measures block distances on each sample's last token (Gromov et al.),
-    `"scope"` on every in-scope token. The scores' meta records the family and its protected
-    layers (so a selection from the scores alone still protects them), the samples per domain,
-    the dtype and any device map, plus `meta` (e.g. what the calibration set was).
+    `"scope"` on every in-scope token. Every layer is scored, guarded or not. The scores' meta
+    records the family, its always-protected layers and each guard's layers by name (so a
+    selection from the scores alone protects them, lifting a guard only if told to), layers a
+    domain never ran, the samples per domain, the dtype and any device map, plus `meta` (e.g.
+    what the calibration set was).
     """
     if scope not in SCOPES:
         raise LayercutError(f"unknown scope '{scope}': use one of {', '.join(SCOPES)}")
@@ -414,6 +409,7 @@ def score(
             # The LM head is not scored: keep one position so it costs nothing (8x256 tokens of
             # a 49k vocabulary would otherwise be ~400 MiB of logits per batch).
             model(**inputs, use_cache=False, logits_to_keep=1)
+            rec.finish(adapter.skipped_layers(inputs))
             if progress is not None:
                 progress(batch)
     finally:
@@ -433,11 +429,15 @@ def score(
 
     info: dict[str, Any] = {
         "family": adapter.family.name,
-        "family_protected": sorted(adapter.protected_layers()),
+        "family_protected": sorted(adapter.family.protected(model.config)),
+        "family_guards": {name: sorted(layers) for name, layers in adapter.guard_layers().items()},
         **(meta or {}),
         "samples": {d: s.samples for d, s in domains.items()},
         "dtype": dtype_name(adapter.dtype),
     }
+    unobserved = {d: [i for i, s in enumerate(rec.domains[d].stats) if s is None] for d in domains}
+    if any(unobserved.values()):
+        info["unobserved"] = {d: layers for d, layers in unobserved.items() if layers}
     if adapter.device_map:
         info["device_map"] = {k: str(v) for k, v in adapter.device_map.items()}
     return LayerScores(

@@ -115,3 +115,21 @@ def tiny_llava_dir(tmp_path_factory, tokenizer) -> Path:
     model.save_pretrained(path)
     processor.save_pretrained(path)
     return path
+
+
+@pytest.fixture(scope="session")
+def tiny_mllama_dir(tmp_path_factory, tokenizer) -> Path:
+    """A 7-layer Mllama (cross-attention layers 2 and 4) with a full MllamaProcessor: the trained
+    tokenizer (its <image> as Mllama's image token) and the PIL image processor (two 16-pixel tiles)."""
+    from transformers import MllamaImageProcessorPil, MllamaProcessor
+
+    from tests.tiny import build_tiny, tiny_config
+
+    cfg = tiny_config("mllama", num_layers=7)
+    cfg.image_token_index = tokenizer.convert_tokens_to_ids("<image>")
+    image_processor = MllamaImageProcessorPil(size={"height": 16, "width": 16}, max_image_tiles=2)
+    processor = MllamaProcessor(image_processor=image_processor, tokenizer=tokenizer, chat_template=CHAT_TEMPLATE)
+    path = tmp_path_factory.mktemp("tiny-mllama")
+    build_tiny("mllama", cfg).model.save_pretrained(path)
+    processor.save_pretrained(path)
+    return path

@@ -275,6 +275,38 @@ def test_lmms_backend_scores_and_rounds_in_process(tiny_llava_dir):
         LayercutLMMS.create_from_arg_string(f"pretrained={tiny_llava_dir},drop=2,9")
 
 
+def test_lmms_backend_takes_allow_and_extends_mllamas_cross_attention_mask(tiny_mllama_dir):
+    """`allow=` lifts Mllama's guard for `drop=`; a choice's continuation after an image prompt
+    sees the image as the processor's mask would (every token from the image on, real tiles)."""
+    pytest.importorskip("lmms_eval")
+    from lmms_eval.api.instance import Instance, unwrap_generation_output
+
+    from layercut.bridges.lmms_eval_plugin import LayercutLMMS
+
+    with pytest.raises(LayercutError, match="layer 2 is protected"):
+        LayercutLMMS.create_from_arg_string(f"pretrained={tiny_mllama_dir},drop=2,3")
+    with pytest.raises(LayercutError, match="no guarded layers called 'vision'"):
+        LayercutLMMS.create_from_arg_string(f"pretrained={tiny_mllama_dir},drop=2,allow=vision")
+    backend = LayercutLMMS.create_from_arg_string(f"pretrained={tiny_mllama_dir},drop=2,3,allow=cross-attention")
+    assert backend.dropped == [2, 3] and backend.adapter.text_config.cross_attention_layers == [2]
+    doc = {"image": Image.new("RGB", (16, 16), COLOURS["red"])}
+    backend.task_dict = {"t": {"test": [doc]}}
+    req = Instance("loglikelihood", ("What colour?", " red", lambda d: [d["image"]], 0, "t", "test"), 0,
+                   metadata={"task": "t", "doc_id": 0, "repeats": 1})
+    (nll, _), _ = unwrap_generation_output(backend.loglikelihood([req])[0])
+    prompt = backend._encode([("What colour?", [doc["image"]])])
+    cont = torch.tensor([backend.tokenizer(" red", add_special_tokens=False)["input_ids"]])
+    ids = torch.cat([prompt["input_ids"], cont], dim=1)
+    seen = ((ids == backend.adapter.image_token_id).cumsum(1) > 0).long()[:, :, None, None]
+    pixels = {k: prompt[k] for k in ("pixel_values", "aspect_ratio_ids", "aspect_ratio_mask")}
+    with torch.no_grad():
+        logits = backend.model(input_ids=ids, cross_attention_mask=seen * prompt["aspect_ratio_mask"][:, None],
+                               **pixels).logits[0].float()
+    n = prompt["input_ids"].shape[1]
+    expected = -torch.log_softmax(logits[n - 1:-1], -1).gather(1, cont[0][:, None]).sum()
+    assert nll == pytest.approx(float(expected), abs=1e-4)
+
+
 # ---------------------------------------------------------------- lm-eval
 
 

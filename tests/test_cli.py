@@ -235,3 +235,72 @@ def test_an_out_that_cannot_be_written_is_one_line_for_every_writing_command(
         assert len(lines) == 1 and "cannot write" in lines[0] and "choose an --out" in lines[0], (name, err)
     assert sorted(p.name for p in tmp_path.iterdir()) == before
     assert list(sweep_dir.iterdir()) == []
+
+
+# --- --allow: lifting a family guard (Mllama's cross-attention layers) -----------------------
+
+
+def test_allow_lifts_the_cross_attention_guard_in_prune_select_and_eval(tiny_mllama_dir, tmp_path, capsys):
+    """Without --allow the cross-attention layers (2, 4 of 7) stay; with it they may go. The
+    scores (text and image samples) are made without it: the choice is the selection's."""
+    model = ["--model", tiny_mllama_dir]
+    code, _, err = run(["prune", *model, "--drop", "2", "--out", tmp_path / "no"], capsys)
+    assert code == 2 and "layer 2 is protected" in err and not (tmp_path / "no").exists()
+    code, _, err = run(["prune", *model, "--drop", "2,3", "--allow", "cross-attention", "--out", tmp_path / "o"], capsys)
+    assert code == 0, err
+    assert json.loads((tmp_path / "o" / "config.json").read_text())["text_config"]["cross_attention_layers"] == [2]
+    assert json.loads((tmp_path / "o" / "layercut_recipe.json").read_text())["allowed"] == ["cross-attention"]
+
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (16, 16, 3), dtype=np.uint8)).save(tmp_path / "im.png")
+    calib = write_jsonl(tmp_path / "calib.jsonl", [{"domain": "text", "text": f"The cat number {i} sat."} for i in range(2)]
+                        + [{"domain": "image", "text": "What is it?", "image": "im.png"}] * 2)
+    scores = tmp_path / "scores.json"
+    code, out, err = run(["score", *model, "--calib", calib, "--out", scores], capsys)
+    assert code == 0, err
+    assert "guarded (--allow)" in out and "cross-attention" in out  # the table says which layers they are
+    assert "note: domain 'text': layer(s) 2, 4 never ran" in err
+    select = ["select", "--scores", scores, "--method", "uniform", "--budget", "6", "--protect", "none"]
+    code, _, err = run(select, capsys)
+    assert code == 2 and "budget 6 >= 5 droppable" in err
+    code, out, err = run([*select, "--allow", "cross-attention"], capsys)
+    assert code == 0, err
+    assert {2, 4} & {int(i) for i in out.strip().split(",")}
+
+    sweep = ["sweep", *model, "--methods", "uniform", "--budgets", "5", "--protect", "none", "--tasks", "nll-math",
+             "--limit", "1", "--no-report"]
+    code, _, err = run([*sweep, "--out", tmp_path / "sweep-no"], capsys)
+    assert code == 2 and "budget 5 >= 5 droppable" in err
+    code, _, err = run([*sweep, "--allow", "cross-attention", "--out", tmp_path / "sweep"], capsys)
+    assert code == 0, err
+    assert json.loads((tmp_path / "sweep" / "sweep.json").read_text())["allow"] == ["cross-attention"]
+    import pandas as pd
+
+    (drop,) = set(pd.read_csv(tmp_path / "sweep" / "results.csv")["drop"])
+    assert {2, 4} & {int(i) for i in str(drop).split(",")}
+
+    evaluate = ["eval", *model, "--tasks", "nll-math", "--limit", "2", "--drop", "4"]
+    code, _, err = run(evaluate, capsys)
+    assert code == 2 and "layer 4 is protected" in err
+    code, out, err = run([*evaluate, "--allow", "cross-attention"], capsys)
+    assert code == 0 and "without layers [4]" in out, err
+
+
+@pytest.mark.parametrize("command", ["probe", "select", "prune", "sweep", "eval"])
+def test_an_unknown_guard_name_is_one_line_before_any_weight_loads(command, tmp_path, capsys):
+    """The folder holds a config and no weights: the guard names are checked first."""
+    from tests.tiny import tiny_config
+
+    tiny_config("mllama").save_pretrained(tmp_path / "m")
+    model, out = ["--model", tmp_path / "m"], tmp_path / "out"
+    argv = {
+        "probe": ["probe", *model, "--calib", "builtin:text:1", "--out", out],
+        "select": ["select", *model, "--method", "uniform", "--budget", "1"],
+        "prune": ["prune", *model, "--drop", "1", "--out", out],
+        "sweep": ["sweep", *model, "--methods", "last", "--budgets", "0,1", "--tasks", "nll-math", "--out", out],
+        "eval": ["eval", *model, "--tasks", "nll-math"],
+    }[command]
+    code, _, err = run([*argv, "--allow", "cross-attention,vision"], capsys)
+    assert code == 2, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and "has no guarded layers called 'vision' (its guards: cross-attention)" in lines[0]
+    assert not out.exists()

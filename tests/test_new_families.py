@@ -1,11 +1,14 @@
 """What is special in the families of issue 14 (built by tests/tiny_vlm.py; the generic surgery,
 scoring, engine and evaluation tests run on them too): Mllama's cross-attention layers, renumbered
-when layers go and protected unless the user allows dropping them; Qwen3-VL-MoE's deepstack layers
-and MoE layers dropped whole; the anyres families' image tokens over many tiles; finite scores for
-the text and image scopes of every new family."""
+when layers go, protected unless the user allows dropping them (a choice made at selection time),
+left out on text batches (scoring and the engine follow), and its per-token cross-attention mask
+through evaluation; Qwen3-VL-MoE's deepstack layers and MoE layers dropped whole, with any sparse
+step; the anyres families' image tokens over many tiles; finite scores for the text and image
+scopes of every new family."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 
@@ -17,8 +20,8 @@ from layercut import models, selection, surgery
 from layercut.data.encode import Batch
 from layercut.errors import LayercutError
 from layercut.models import Adapter, auto_class
-from layercut.scoring import score
-from tests.tiny import MORE_VLM_IDS, make_tiny
+from layercut.scoring import LayerScores, score
+from tests.tiny import MORE_VLM_IDS, build_tiny, make_tiny, tiny_config
 from tests.tiny_vlm import ANYRES_IDS, anyres_grid, cross_attention_mask
 
 
@@ -124,10 +127,65 @@ def test_mllama_scores_both_kinds_of_layer_and_its_image_scope_is_the_image_toke
     # no image features sit in the text stream: the image scope is the one <|image|> token per row
     image = score(adapter, [Batch("d", inputs, 2)], scope="image").domains["d"]
     assert image.tokens[0] == 2 == int(adapter.image_mask(inputs["input_ids"]).sum())
-    # on text alone the model skips its cross-attention layers: a one-line error, no traceback
-    with pytest.raises(LayercutError, match="skipped") as err:
-        score(adapter, [Batch("d", tiny.inputs(batch=2, with_image=False), 2)])
+
+
+def test_text_batches_leave_the_cross_attention_layers_unobserved_and_blocks_see_them_pass_through():
+    """Mllama skips its cross-attention layers without an image: a text batch adds nothing to their
+    sums (the image batches of the same domain still do), a text-only domain reports them, and
+    the block distances treat a skipped layer as what it was, the identity."""
+    tiny, adapter, inputs = mllama()
+    text = tiny.inputs(batch=2, with_image=False)
+    batches = [Batch("general", text, 2), Batch("image", inputs, 2), Batch("mixed", text, 2),
+               Batch("mixed", inputs, 2)]
+    scores = score(adapter, batches, scope="last")
+    general, image, mixed = (scores.domains[d] for d in ("general", "image", "mixed"))
+    assert general.tokens == [2, 2, 0, 2, 0, 2, 2] and image.tokens == [2] * 7
+    assert mixed.tokens == [4, 4, 2, 4, 2, 4, 4]
+    assert general.cosine[2] == general.cosine[4] == 0.0 and 0 < image.cosine[2] < 1
+    assert scores.meta["unobserved"] == {"general": [2, 4]}
+    (line,) = scores.unobserved_report()
+    assert "domain 'general': layer(s) 2, 4 never ran" in line and "\n" not in line
+    d = general.block_distance  # d[l][n-1]: layer 2 passes its input on, so d(2, 1) = 0 and d(1, 2) = d(1, 1)
+    same = pytest.approx(0.0, abs=1e-3)  # arccos near 1 in float32
+    assert d[2][0] == same and d[1][1] == pytest.approx(d[1][0]) and d[1][0] == pytest.approx(general.angular[1])
+    assert d[4][0] == same and d[3][1] == pytest.approx(d[3][0]) and image.block_distance[2][0] > 0.01
+    assert all(math.isfinite(v) for dom in scores.domains.values() for row in dom.block_distance for v in row)
+
+
+def test_a_skip_the_family_does_not_declare_is_still_an_error():
+    tiny, adapter, _ = mllama()
+    undeclared = Adapter(model=tiny.model, family=dataclasses.replace(adapter.family, skipped=lambda c, i: set()))
+    with pytest.raises(LayercutError, match="decoder layer 2 was skipped") as err:
+        score(undeclared, [Batch("d", tiny.inputs(batch=2, with_image=False), 2)])
     assert "\n" not in str(err.value)
+
+
+def test_the_guard_is_chosen_at_selection_time_from_scores_made_without_it(tmp_path):
+    """Scores record the guarded layers by guard name: the same file selects with and without
+    them; a file from before guards were recorded selects as it did and cannot lift one."""
+    from layercut import api
+
+    _, adapter, inputs = mllama()
+    scores = score(adapter, [Batch("d", inputs, 2)])
+    assert scores.meta["family_protected"] == [] and scores.meta["family_guards"] == {"cross-attention": [2, 4]}
+    with pytest.raises(LayercutError, match="budget 6 >= 5 droppable"):
+        api.select(scores, "d", 6, protect="none")
+    kept = api.select(scores, "d", 4, protect="none")
+    assert not set(kept.drop) & {2, 4} and kept.protect == [2, 4]
+    lifted = api.select(scores, "d", 6, protect="none", allow="cross-attention")
+    assert set(lifted.drop) & {2, 4} and lifted.protect == []
+    top = sorted(range(7), key=lambda i: -scores.domains["d"].cosine[i])[:4]
+    assert sorted(api.select(scores, "d", 4, protect="none", allow=["cross-attention"]).drop) == sorted(top)
+    with pytest.raises(LayercutError, match=r"Mllama\) has no guarded layers called 'vision'"):
+        api.select(scores, "d", 1, allow="vision")
+    # a model given alongside lifts its own guard
+    assert api.select(scores, "d", 6, protect="none", model=Adapter.wrap(adapter.model, allow="cross-attention")).drop
+    old = LayerScores.from_dict(scores.to_dict())
+    del old.meta["family_guards"]
+    old.meta["family_protected"] = [2, 4]  # what older versions wrote: guards merged in
+    assert api.select(old, "d", 4, protect="none").drop == kept.drop
+    with pytest.raises(LayercutError, match="records no guarded layers.*re-run `layercut score`"):
+        api.select(old, "d", 4, protect="none", allow="cross-attention")
 
 
 # --- Qwen3-VL-MoE: deepstack after layers 0-2; sparse MoE layers, dense layer 4 ---------------
@@ -194,3 +252,84 @@ def test_text_and_image_scopes_give_finite_scores(family):
         d = score(adapter, [Batch("d", inputs, 2)], scope=scope).domains["d"]
         assert d.tokens == [want] * adapter.num_layers, scope
         assert all(math.isfinite(v) for v in d.cosine + d.angular + sum(d.block_distance, [])), scope
+
+
+# --- Mllama through evaluation: its per-token cross_attention_mask ---------------------------
+
+
+def mllama_tasks(adapter) -> dict:
+    from layercut.evaluation import TASKS, prepare
+
+    return {name: prepare(dataclasses.replace(TASKS[name], limit=4), adapter)
+            for name in ("math-vision", "math-vision-nll", "nll-math")}
+
+
+def test_mllama_image_tasks_pad_and_extend_the_cross_attention_mask(tiny_mllama_dir):
+    """The processor's [1, T, images, tiles] mask is kept per token: padded with zeros in a batch,
+    its last row repeated over a continuation. Batch size 1 and 3, candidates sharing the
+    context's cache or not, all equal one plain forward of context + candidate per row."""
+    from layercut.evaluation import evaluate
+    from layercut.evaluation.teacher import score_continuations, teacher_rows
+
+    adapter = models.load(tiny_mllama_dir)
+    tasks = mllama_tasks(adapter)
+    choice = tasks["math-vision"]
+    ctx = choice.items[0].context
+    assert ctx.tokens["cross_attention_mask"].shape == (len(ctx.ids), 1, 2) and choice.shared_prefix
+    image_id = adapter.image_token_id
+    for name, prepared in tasks.items():
+        one, three = evaluate(adapter, prepared, batch_size=1), evaluate(adapter, prepared, batch_size=3)
+        assert all(math.isfinite(v) for v in one.values()), name
+        assert one == pytest.approx(three, rel=1e-6), name
+    plain = dataclasses.replace(choice, shared_prefix=False)
+    assert evaluate(adapter, plain, batch_size=3) == evaluate(adapter, choice, batch_size=1)
+    rows = teacher_rows(choice)[:4]
+    with torch.no_grad():
+        got = [lp for lp, _ in score_continuations(adapter, rows, batch_size=4)]
+    for (c, cont), lp in zip(rows, got):
+        ids = torch.cat([c.ids, cont])[None]
+        # every token from the image on sees the image's real tiles (the processor's rule)
+        seen = ((ids == image_id).cumsum(1) > 0).long()[:, :, None, None] * c.extras["aspect_ratio_mask"][:, None]
+        with torch.no_grad():
+            out = adapter.model(input_ids=ids, cross_attention_mask=seen, **c.extras).logits[0]
+        logp = torch.log_softmax(out.float(), -1)
+        T = len(c.ids)
+        assert lp == pytest.approx(sum(float(logp[T - 1 + j, cont[j]]) for j in range(len(cont))), abs=1e-4)
+
+
+def test_the_engine_runs_mllama_text_rows_without_the_cross_attention_layers(tiny_mllama_dir):
+    """On text rows Mllama leaves its cross-attention layers out; the shared-work engine does too,
+    and every drop set (a cross-attention layer among them) gets the plain view's numbers."""
+    from layercut import engine
+    from layercut.evaluation import evaluate
+
+    adapter = models.load(tiny_mllama_dir, allow="cross-attention")
+    for name, prepared in mllama_tasks(adapter).items():
+        work = engine.SharedWork.for_task(adapter, prepared, batch_size=2)
+        drops = [(), (1,), (2,), (3, 4)]
+        for drop, metrics, _ in work.run(drops):
+            with surgery.skipped(adapter, drop):
+                assert metrics == pytest.approx(evaluate(adapter, prepared, batch_size=2), rel=1e-5), (name, drop)
+
+
+def test_qwen3_vl_moe_with_a_sparse_step_keeps_each_layer_kind_through_a_prune(tmp_path):
+    """decoder_sparse_step 2 makes layers 1, 3, 5 sparse by index: renumbered, they would change
+    kind. The adapter lists the dense layers instead (step 1), the same model, and the list is
+    renumbered, so the reload equals the pruned model."""
+    config = tiny_config("qwen3_vl_moe", num_layers=7)
+    config.text_config.decoder_sparse_step = 2
+    tiny = build_tiny("qwen3_vl_moe", config)
+    layers = tiny.model.get_decoder().layers
+    assert [is_sparse(layer) for layer in layers] == [i in (1, 3, 5) for i in range(7)]
+    adapter = Adapter.wrap(tiny.model)
+    assert adapter.text_config.decoder_sparse_step == 1 and adapter.text_config.mlp_only_layers == [0, 2, 4, 6]
+    rebuilt = auto_class(adapter.family).from_config(adapter.model.config)  # the rewritten config: same model
+    assert [is_sparse(layer) for layer in rebuilt.get_decoder().layers] == [i in (1, 3, 5) for i in range(7)]
+    rebuilt.load_state_dict(tiny.model.state_dict())  # strict: the same parameters
+    inputs = adapter.complete_inputs(tiny.inputs(batch=2))
+    recipe = surgery.prune(adapter, [3], tmp_path / "o", inputs=inputs)
+    assert recipe.verify["max_abs_logit_diff"] == 0.0
+    assert adapter.text_config.mlp_only_layers == [0, 2, 3, 5]  # old 0, 2, 4, 6
+    reloaded = auto_class(adapter.family).from_pretrained(tmp_path / "o").eval()
+    assert [is_sparse(layer) for layer in reloaded.get_decoder().layers] == [i in (1, 4) for i in range(6)]
+    assert torch.equal(logits(reloaded, inputs), logits(tiny.model, inputs))

@@ -2,13 +2,16 @@
 
     lmms-eval --model layercut --model_args pretrained=runs/m/pruned --tasks mme
     lmms-eval --model layercut --model_args pretrained=MODEL,drop=3,7,9 --tasks TASK --include_path DIR
+    lmms-eval --model layercut --model_args pretrained=MLLAMA,drop=3,8,allow=cross-attention --tasks TASK
 
 `pretrained` is what `layercut.api.load_model` takes: a folder (e.g. one written by `layercut
 prune`), a cached hub id or a built-in name. `drop` removes those decoder layers in memory
-(`surgery.drop_layers`) before evaluating; indices are those of the loaded model. Other model
-args: `dtype` (fp32, bf16, fp16), `device` (default cuda when available, else cpu),
-`batch_size` (generation batch, default 1), `max_new_tokens` (used when the task sets none,
-default 256) and `chat_template` (default true: prompts go through the model's chat template).
+(`surgery.drop_layers`) before evaluating; indices are those of the loaded model, and the
+family's protected layers stay unless `allow` lifts their guard (Mllama's cross-attention
+layers: `allow=cross-attention`). Other model args: `dtype` (fp32, bf16, fp16), `device`
+(default cuda when available, else cpu), `batch_size` (generation batch, default 1),
+`max_new_tokens` (used when the task sets none, default 256) and `chat_template` (default true:
+prompts go through the model's chat template).
 
 lmms-eval 0.7.3 resolves `--model` only through its v2 registry; this class is registered by
 the `lmms_eval.models` entry point (`layercut.bridges:lmms_eval_manifest`). What it does with a
@@ -28,7 +31,7 @@ import torch
 from layercut.errors import LayercutError
 from layercut.evaluation.lmms_backend import LmmsBackend
 
-MODEL_ARGS = ("pretrained", "drop", "dtype", "device", "batch_size", "max_new_tokens", "chat_template")
+MODEL_ARGS = ("pretrained", "drop", "allow", "dtype", "device", "batch_size", "max_new_tokens", "chat_template")
 # lmms-eval backends usually take torch's names for dtypes
 DTYPE_ALIASES = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16", "auto": "fp32"}
 
@@ -40,6 +43,7 @@ class LayercutLMMS(LmmsBackend):
         self,
         pretrained: str | None = None,
         drop: Any = None,
+        allow: Any = None,
         dtype: str = "fp32",
         device: str | None = None,
         batch_size: Any = 1,
@@ -59,9 +63,12 @@ class LayercutLMMS(LmmsBackend):
                 raise LayercutError("--model_args needs pretrained=FOLDER (a model folder, hub id or built-in name)")
             from layercut import api
 
-            adapter = api.load_model(str(pretrained), DTYPE_ALIASES.get(str(dtype), str(dtype)))
+            adapter = api.load_model(str(pretrained), DTYPE_ALIASES.get(str(dtype), str(dtype)),
+                                     allow=str(allow or ""))
             if device is not None or torch.cuda.is_available():
                 adapter.model.to(device or "cuda")
+        elif allow:
+            adapter.allow(str(allow))
         self.dropped = parse_drop(drop)
         if self.dropped:
             from layercut import surgery

@@ -21,6 +21,10 @@ from layercut.errors import LayercutError
 DEVICE_MAP_HELP = (
     "Spread the model with accelerate: auto | balanced | a JSON file {module: GPU index | 'cpu' | 'disk'}."
 )
+ALLOW_HELP = (
+    "Comma-separated family guards whose layers may be dropped, e.g. cross-attention (Mllama's "
+    "cross-attention layers, protected by default)."
+)
 MAX_TOKENS_HELP = "Pack length-sorted samples into batches of at most this many (padded) tokens, instead of --batch-size rows"
 
 
@@ -77,6 +81,7 @@ def probe(
     overwrite: bool = typer.Option(False, help="Replace an existing output file."),
     dtype: str = typer.Option("fp32", help="fp32 | bf16 | fp16."),
     device_map: Optional[str] = typer.Option(None, help=DEVICE_MAP_HELP),
+    allow: Optional[str] = typer.Option(None, help=ALLOW_HELP),
 ) -> None:
     """Single-drop damage profile: drop each layer alone, calibration NLL per domain; flags critical layers."""
     from layercut import api
@@ -84,10 +89,11 @@ def probe(
     from layercut.probe import RULE
 
     check_out(out, overwrite)
+    adapter = api.load_model(model, dtype, device_map, allow=allow or ())  # before the bar: errors are one line
     with ui.progress() as bar:
         task = bar.add_task("probe", total=None, unit="drops")
-        profile = api.probe(model, calib, protect=protect, batch_size=batch_size, max_length=max_length,
-                            cache_mem=cache_mem, dtype=dtype, device_map=device_map, progress=lambda done, total: bar.update(task, completed=done, total=total))
+        profile = api.probe(adapter, calib, protect=protect, batch_size=batch_size, max_length=max_length,
+                            cache_mem=cache_mem, progress=lambda done, total: bar.update(task, completed=done, total=total))
     profile.save(out)
     table = Table(title=f"Single-drop damage: calibration NLL rise (baseline {profile.baseline['all']:.3f})")
     table.add_column("layer", justify="right")
@@ -116,6 +122,7 @@ def select(
     out: Optional[Path] = typer.Option(None, help="Write the selection as JSON."),
     probe: Optional[Path] = typer.Option(None, help="probe.json from `layercut probe` (for `damage` and --guard)."),
     guard: bool = typer.Option(False, help="Protect the probe's critical layers first (method NAME+guard)."),
+    allow: Optional[str] = typer.Option(None, help=ALLOW_HELP),
 ) -> None:
     """Print the ordered list of layers a method would drop."""
     from layercut import api
@@ -128,7 +135,7 @@ def select(
         task = bar.add_task(method, total=None, unit="candidate drop sets", visible=method.startswith("iterative"))
         sel = api.select(
             str(scores) if scores else None, guarded(method, guard), budget, protect=protect, model=model,
-            calib=calib, alpha=alpha, seed=seed, probe=str(probe) if probe else None,
+            calib=calib, alpha=alpha, seed=seed, probe=str(probe) if probe else None, allow=allow or (),
             progress=lambda done, total: bar.update(task, completed=done, total=total), **options,
         )
     if out is not None:
@@ -154,6 +161,7 @@ def prune(
     overwrite: bool = typer.Option(False, help="Replace an existing output folder."),
     probe: Optional[Path] = typer.Option(None, help="probe.json from `layercut probe` (for `damage` and --guard)."),
     guard: bool = typer.Option(False, help="Protect the probe's critical layers first (method NAME+guard)."),
+    allow: Optional[str] = typer.Option(None, help=ALLOW_HELP),
 ) -> None:
     """Drop layers, save model + processor + card, and verify the reload gives equal logits."""
     from layercut import api
@@ -168,7 +176,7 @@ def prune(
         recipe = api.prune(
             model, calib, out=out, method=guarded(method or "math", guard), budget=budget or 0,
             probe=str(probe) if probe else None,
-            scores=str(scores) if scores else None, drop=ui.layer_list(drop, "--drop"), protect=protect,
+            scores=str(scores) if scores else None, drop=ui.layer_list(drop, "--drop"), protect=protect, allow=allow or (),
             mergekit=mergekit, overwrite=overwrite, dtype=dtype, device_map=device_map,
             offload_folder=offload_folder, max_tokens_per_batch=max_tokens_per_batch,
         )

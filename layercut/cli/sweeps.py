@@ -10,7 +10,7 @@ import typer
 from rich.table import Table
 
 from layercut.cli import ui
-from layercut.cli.stages import DEVICE_MAP_HELP
+from layercut.cli.stages import ALLOW_HELP, DEVICE_MAP_HELP
 from layercut.errors import LayercutError
 
 
@@ -25,6 +25,7 @@ def sweep(
     limit: Optional[int] = typer.Option(None, help="Examples per task (default: each task's own)."),
     calib: Optional[str] = typer.Option(None, help="Calibration set (for `iterative`)."),
     protect: str = typer.Option("default", help="'default' (first+last), 'none', or indices."),
+    allow: Optional[str] = typer.Option(None, help=ALLOW_HELP),
     hybrid_threshold: Optional[int] = typer.Option(None, help="Budget where `hybrid` switches to spacing (default: found by the regime analysis)."),
     alpha: float = typer.Option(0.5, help="Weight of math in `mixed`."),
     seed: int = typer.Option(0),
@@ -43,7 +44,7 @@ def sweep(
     max_tokens_per_batch: Optional[int] = typer.Option(None, min=1, help="Generation: at most this many prompt + new tokens per batch, instead of --batch-size rows."),
 ) -> None:
     """Evaluate every method at every budget on every task; weights load once."""
-    from layercut import api
+    from layercut import api, models
     from layercut.selection import GUARD
     from layercut.sweep import SweepSpec, check_folder, parse_budgets
 
@@ -57,12 +58,14 @@ def sweep(
         model=model, methods=names,
         budgets=parse_budgets(budgets), tasks=[t.strip() for t in tasks.split(",") if t.strip()],
         scores=str(scores) if scores else None, calib=calib, limit=limit, protect=protect, seed=seed,
+        allow=sorted(models.guard_names(allow or ())),
         batch_size=batch_size, options=options, engine=engine, cache_mem=cache_mem,
         probe=str(probe) if probe else None, heal_steps=heal_steps, dtype=dtype, device_map=device_map,
         include_path=str(include_path.absolute()) if include_path else None,
         max_tokens_per_batch=max_tokens_per_batch,
     )
     check_folder(out, resume)  # before the progress bar: a bad --out is one line
+    api.check_allow(model, spec.allow)  # and so are unknown guard names
     with ui.progress() as bar:
         task = bar.add_task("sweep", total=None, unit="evaluations")
         df = api.sweep(spec, out, resume=resume, executor=executor, workers=workers,
@@ -97,6 +100,7 @@ def eval_(
     model: str = typer.Option(..., help="Model folder, hub id or built-in name."),
     tasks: str = typer.Option(..., help="Comma-separated tasks (layercut's, or the harness's)."),
     drop: Optional[str] = typer.Option(None, help="Evaluate as if these layers were dropped (no copy)."),
+    allow: Optional[str] = typer.Option(None, help=ALLOW_HELP),
     limit: Optional[int] = typer.Option(None, help="Examples per task."),
     harness: str = typer.Option("layercut", help="layercut | lm-eval | lmms-eval"),
     include_path: Optional[Path] = typer.Option(None, help="Folder of extra task YAMLs (lm-eval, lmms-eval)."),
@@ -113,7 +117,7 @@ def eval_(
 
     if out is not None:
         check_out(out)
-    adapter = api.load_model(model, dtype, device_map)
+    adapter = api.load_model(model, dtype, device_map, allow=allow or ())
     names = [t.strip() for t in tasks.split(",") if t.strip()]
     drop_list = ui.layer_list(drop, "--drop") or []
     if drop_list:

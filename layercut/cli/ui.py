@@ -59,19 +59,25 @@ def layer_list(value: Optional[str], what: str) -> Optional[list[int]]:
 
 
 def scores_table(scores: Any, title: str = "Layer scores (mean cosine of layer input vs output)") -> Table:
-    """Per-domain cosine per layer, plus the difference of the first two domains."""
+    """Per-domain cosine per layer ('-' where no token was scored), the difference of the first
+    two domains, and which guard (e.g. cross-attention) holds a layer, where the family has any."""
     names = list(scores.domains)
+    guards = {i: name for name, layers in scores.meta.get("family_guards", {}).items() for i in layers}
     table = Table(title=title, show_lines=False)
     table.add_column("layer", justify="right")
     for n in names:
         table.add_column(f"cos {n}", justify="right")
     if len(names) >= 2:
         table.add_column(f"{names[0]} − {names[1]}", justify="right")
+    if guards:
+        table.add_column("guarded (--allow)")
     for i in range(scores.num_layers):
-        vals = [scores.domains[n].cosine[i] for n in names]
-        row = [str(i)] + [f"{v:.4f}" for v in vals]
+        vals = [scores.domains[n].cosine[i] if scores.domains[n].tokens[i] else None for n in names]
+        row = [str(i)] + ["-" if v is None else f"{v:.4f}" for v in vals]
         if len(names) >= 2:
-            row.append(f"{vals[0] - vals[1]:+.4f}")
+            row.append("-" if None in vals[:2] else f"{vals[0] - vals[1]:+.4f}")
+        if guards:
+            row.append(guards.get(i, ""))
         table.add_row(*row)
     return table
 
@@ -98,4 +104,6 @@ def score_with_progress(model: Any, calib: Any, **kwargs: Any) -> tuple[Any, Any
         scores.meta["calibration"] = str(calib)
     for line in scores.nonfinite_report():
         console.print(f"[bold yellow]warning:[/bold yellow] {line}", highlight=False, soft_wrap=True)
+    for line in scores.unobserved_report():
+        console.print(f"note: {line}", highlight=False, soft_wrap=True)
     return adapter, scores

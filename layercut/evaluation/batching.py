@@ -2,6 +2,9 @@
 
 `Context`, `Item` and `Prepared` hold what `runner.prepare` encodes once; `collate` pads rows into
 one batch; `TeacherBatch` is a padded batch of teacher-forced rows and the positions it scores.
+Tensors aligned with the token ids pad with zeros; over an appended continuation the type ids
+are 0 (text) and a family's per-token inputs (`Family.token_inputs`, e.g. Mllama's
+cross-attention mask) repeat the last context row, as the model's own `generate` extends them.
 
 `logits_at` applies the LM head only at the scored positions (a pre-hook on the output embedding
 gathers those hidden states), so a 49k-vocabulary head costs what the targets need; any logit
@@ -28,7 +31,8 @@ class Context:
     """One encoded prompt: token ids plus whatever else the processor produced."""
 
     ids: torch.Tensor  # 1-D long
-    seq: dict[str, torch.Tensor] = field(default_factory=dict)  # 1-D, aligned with ids
+    seq: dict[str, torch.Tensor] = field(default_factory=dict)  # 1-D type ids, aligned with ids
+    tokens: dict[str, torch.Tensor] = field(default_factory=dict)  # per-token inputs [T, ...]
     extras: dict[str, torch.Tensor] = field(default_factory=dict)  # pixel_values etc., dim 0 = batch/image
 
 
@@ -87,13 +91,13 @@ def collate(adapter: Any, seqs: list[torch.Tensor], seq_extra: list[dict], extra
     if prefix is not None:
         ids[:, :P] = prefix
         mask[:, :P] = 1
-    keys = sorted({k for d in seq_extra for k in d})
-    aligned = {k: torch.zeros((B, width), dtype=torch.long) for k in keys}
+    first = {k: v for d in seq_extra for k, v in d.items()}  # a row of each key: its shape, dtype
+    aligned = {k: torch.zeros((B, width, *v.shape[1:]), dtype=v.dtype) for k, v in sorted(first.items())}
     for r, s in enumerate(seqs):
         sl = slice(width - len(s), width) if left else slice(P, P + len(s))
         ids[r, sl] = s
         mask[r, sl] = 1
-        for k in keys:
+        for k in aligned:
             v = seq_extra[r].get(k)
             if v is not None:
                 aligned[k][r, sl] = v
@@ -106,9 +110,18 @@ def collate(adapter: Any, seqs: list[torch.Tensor], seq_extra: list[dict], extra
             for k, v in inputs.items()}
 
 
+def continuation_of(ctx: Context, n: int) -> dict[str, torch.Tensor]:
+    """The aligned tensors of `n` text tokens appended to the context: type ids 0, per-token
+    inputs the context's last row repeated (an appended token sees what the last one saw)."""
+    out = {k: torch.zeros(n, dtype=v.dtype) for k, v in ctx.seq.items()}
+    out.update({k: v[-1:].expand(n, *v.shape[1:]) for k, v in ctx.tokens.items()})
+    return out
+
+
 def seq_of(ctx: Context, extra_len: int) -> dict[str, torch.Tensor]:
-    """The context's aligned tensors, extended by zeros (text) over a continuation."""
-    return {k: torch.cat([v, torch.zeros(extra_len, dtype=v.dtype)]) for k, v in ctx.seq.items()}
+    """The context's aligned tensors, extended over a continuation of `extra_len` tokens."""
+    tail = continuation_of(ctx, extra_len)
+    return {k: torch.cat([v, tail[k]]) for k, v in {**ctx.seq, **ctx.tokens}.items()}
 
 
 @contextlib.contextmanager

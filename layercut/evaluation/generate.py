@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from layercut.evaluation.batching import Context, Prepared, collate
+from layercut.evaluation.batching import Context, Prepared, collate, seq_of
 from layercut.evaluation.extract import EXTRACTORS, is_equiv
 from layercut.evaluation.tasks import TaskSpec
 
@@ -108,7 +108,7 @@ def _generate_batch(adapter: Any, ctxs: list[Context], prefix_len: int, prefix_c
         cache.batch_repeat_interleave(len(ctxs))
         kwargs["cache"] = cache
     else:
-        inputs = collate(adapter, [c.ids for c in ctxs], [c.seq for c in ctxs],
+        inputs = collate(adapter, [c.ids for c in ctxs], [seq_of(c, 0) for c in ctxs],
                          [c.extras for c in ctxs], left=True)
     tok = adapter.tokenizer
     with _quiet_generation(adapter.model):
@@ -119,7 +119,7 @@ def _generate_batch(adapter: Any, ctxs: list[Context], prefix_len: int, prefix_c
 
 def common_prefix(contexts: list[Context], minimum: int = 32) -> int:
     """Tokens shared by the start of every text-only context (0 when fewer than `minimum`)."""
-    if len(contexts) < 2 or any(c.seq or c.extras for c in contexts):
+    if len(contexts) < 2 or any(c.seq or c.tokens or c.extras for c in contexts):
         return 0
     first = contexts[0].ids
     n = min(len(c.ids) for c in contexts) - 1  # every row keeps at least one token of its own

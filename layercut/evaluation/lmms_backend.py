@@ -238,6 +238,9 @@ class LmmsBackend(lmms):
                 else:
                     tail = torch.zeros_like(cont_ids)
                 v = torch.cat([v, tail.to(v.dtype)], dim=1)
+            elif k in self.adapter.family.token_inputs and v.shape[1] == n:
+                # a per-token input (Mllama's cross-attention mask): appended tokens repeat the last row
+                v = torch.cat([v, v[:, -1:].expand(-1, len(cont), *v.shape[2:])], dim=1)
             inputs[k] = v
         logits = self.model(**inputs, use_cache=False).logits[0, n - 1 : n - 1 + len(cont)].float()
         logprobs = torch.log_softmax(logits, dim=-1)

@@ -205,16 +205,19 @@ def _encode_context(spec: TaskSpec, adapter: Any, tok: Any, prompt: str,
         enc = adapter.processor(text=[text], images=[[open_image(image)]], return_tensors="pt")
     enc = dict(enc)
     ids = enc.pop("input_ids")[0]
-    seq, extras = {}, {}
+    seq, tokens, extras = {}, {}, {}
     for k, v in enc.items():
         if not isinstance(v, torch.Tensor):
             continue
-        if k in SEQ_KEYS and v.dim() == 2 and v.shape[1] == ids.shape[0]:
+        aligned = v.dim() >= 2 and v.shape[1] == ids.shape[0]
+        if aligned and k in SEQ_KEYS and v.dim() == 2:
             seq[k] = v[0]
+        elif aligned and k in adapter.family.token_inputs:
+            tokens[k] = v[0]
         else:
             extras[k] = v
     seq.pop("attention_mask", None)  # rebuilt when batching
-    return Context(ids=ids.long(), seq=seq, extras=extras)
+    return Context(ids=ids.long(), seq=seq, tokens=tokens, extras=extras)
 
 
 # --- evaluate ------------------------------------------------------------------------------

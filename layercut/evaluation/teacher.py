@@ -26,6 +26,7 @@ from layercut.evaluation.batching import (
     Prepared,
     TeacherBatch,
     collate,
+    continuation_of,
     device_dtype,
     logits_at,
     seq_of,
@@ -193,14 +194,13 @@ def _shared_scores(adapter: Any, item: Item) -> list[float]:
     """Candidate log-likelihoods with one context pass: its KV cache is repeated per candidate."""
     ctx = item.context
     K, T = len(item.continuations), len(ctx.ids)
-    inputs = collate(adapter, [ctx.ids], [ctx.seq], [ctx.extras], left=False)
+    inputs = collate(adapter, [ctx.ids], [seq_of(ctx, 0)], [ctx.extras], left=False)
     first, out = logits_at(adapter, inputs, torch.tensor([0]), torch.tensor([T - 1]), use_cache=True)
     first_logp = torch.log_softmax(first.float(), dim=-1)[0]
     cache = out.cache if getattr(out, "cache", None) is not None else out.past_key_values
     cache.batch_repeat_interleave(K)
     conts = item.continuations
-    seq_extra = [{k: torch.zeros(len(c), dtype=v.dtype) for k, v in ctx.seq.items()} for c in conts]
-    cand = collate(adapter, conts, seq_extra, [{}] * K, left=False)
+    cand = collate(adapter, conts, [continuation_of(ctx, len(c)) for c in conts], [{}] * K, left=False)
     cand["attention_mask"] = torch.cat(
         [torch.ones((K, T), dtype=cand["attention_mask"].dtype, device=cand["attention_mask"].device),
          cand["attention_mask"]], dim=1)

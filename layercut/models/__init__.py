@@ -2,13 +2,13 @@
 
 A family is a row: which `config.model_type` values it covers, which Auto class loads it, which
 extra input its forward needs to tell image tokens apart, which decoder layers must never be
-dropped, which are protected only until the user allows dropping them (`Guard`), and which config
-lists name layers by index. Nothing outside this package names an architecture.
+dropped, which are protected only until the user allows dropping them (`Guard`), which config
+lists name layers by index, which layers its forward may leave out, and which inputs are per
+token. Nothing outside this package names an architecture. Device maps: `models.devices`.
 """
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable
@@ -17,6 +17,11 @@ import torch
 from torch import nn
 
 from layercut.errors import LayercutError
+from layercut.models.devices import (
+    DEVICE_MAPS,
+    parse_device_map,
+    temporary_offload_folder,
+)
 
 
 def _no_protected(config: Any) -> set[int]:
@@ -32,6 +37,31 @@ def _qwen3_vl_deepstack(config: Any) -> set[int]:
 def _cross_attention(config: Any) -> set[int]:
     # Llama-3.2-Vision sees the image only through these layers: drop them all and it is blind.
     return set(config.get_text_config(decoder=True).cross_attention_layers)
+
+
+def _no_skips(config: Any, inputs: dict[str, Any]) -> set[int]:
+    return set()
+
+
+def _cross_attention_without_image(config: Any, inputs: dict[str, Any]) -> set[int]:
+    # With no image to attend to, MllamaTextModel leaves its cross-attention layers out.
+    return set() if inputs.get("pixel_values") is not None else _cross_attention(config)
+
+
+def _unchanged(config: Any) -> None:
+    return None
+
+
+def _sparse_layers_listed(config: Any) -> None:
+    # Qwen3-VL-MoE makes layer i sparse when (i + 1) % decoder_sparse_step == 0 and i is not in
+    # mlp_only_layers: renumbered layers would change kind. Step 1 with every dense layer listed
+    # is the same model, and the list is renumbered like any index list.
+    text = config.get_text_config(decoder=True)
+    step = text.decoder_sparse_step
+    if step > 1:
+        dense = set(text.mlp_only_layers)
+        text.mlp_only_layers = [i for i in range(text.num_hidden_layers) if i in dense or (i + 1) % step]
+        text.decoder_sparse_step = 1
 
 
 @dataclass(frozen=True)
@@ -54,6 +84,15 @@ class Family:
     # Text-config lists of layer indices (which layers are of a kind): surgery drops the removed
     # layers from them and renumbers the rest; a decoder attribute of the same name follows.
     index_lists: tuple[str, ...] = ()
+    # Rewrites a config whose layer kinds follow from the index into `index_lists` (the same
+    # model), so that renumbered layers keep their kind; applied when an Adapter is made.
+    list_layer_kinds: Callable[[Any], None] = field(default=_unchanged)
+    # Decoder layers the model's own forward leaves out for these inputs (not an error when
+    # scoring or caching layer inputs: the hidden states pass them unchanged).
+    skipped: Callable[[Any, dict[str, Any]], set[int]] = field(default=_no_skips)
+    # Inputs besides the type ids whose dim 1 follows input_ids (Mllama's cross_attention_mask,
+    # [batch, tokens, images, tiles]): padded with zeros; an appended token repeats the last row.
+    token_inputs: tuple[str, ...] = ()
 
 
 FAMILIES: tuple[Family, ...] = (
@@ -84,6 +123,8 @@ FAMILIES: tuple[Family, ...] = (
         vision=True,
         guards=(Guard("cross-attention", _cross_attention),),
         index_lists=("cross_attention_layers",),
+        skipped=_cross_attention_without_image,
+        token_inputs=("cross_attention_mask",),
     ),
     Family(
         "Qwen3-VL-MoE",
@@ -92,6 +133,7 @@ FAMILIES: tuple[Family, ...] = (
         type_ids_input="mm_token_type_ids",
         protected=_qwen3_vl_deepstack,
         index_lists=("mlp_only_layers",),  # dense (non-MoE) layers
+        list_layer_kinds=_sparse_layers_listed,
     ),
     Family("GLM-4V", ("glm4v",), vision=True, type_ids_input="mm_token_type_ids"),
     Family("Aya Vision", ("aya_vision",), vision=True),
@@ -101,15 +143,23 @@ FAMILIES: tuple[Family, ...] = (
 def check_allow(family: Family, names: str | Iterable[str]) -> frozenset[str]:
     """Guard names (an iterable, or one comma-separated string as a command line gives them),
     each checked against the family's guards: a one-line error names the ones it has."""
+    return check_guard_names(family.name, [g.name for g in family.guards], names)
+
+
+def guard_names(names: str | Iterable[str]) -> frozenset[str]:
+    """Guard names from an iterable or one comma-separated string (as a command line gives them)."""
     if isinstance(names, str):
-        names = [n.strip() for n in names.split(",") if n.strip()]
-    names = frozenset(names)
-    known = {g.name for g in family.guards}
+        names = [n.strip() for n in names.split(",")]
+    return frozenset(n for n in names if n)
+
+
+def check_guard_names(owner: str, known: Iterable[str], names: str | Iterable[str]) -> frozenset[str]:
+    """`check_allow` against the guard names `known` of `owner` (e.g. as a scores file records them)."""
+    names, known = guard_names(names), set(known)
     for name in sorted(names - known):
         have = ", ".join(sorted(known)) or "none"
         raise LayercutError(
-            f"{family.name} has no guarded layers called '{name}' (its guards: {have}): "
-            "fix the allow list"
+            f"{owner} has no guarded layers called '{name}' (its guards: {have}): fix the allow list"
         )
     return names
 
@@ -136,6 +186,10 @@ class Adapter:
     path: str = ""  # where it was loaded from (a zoo name's cached folder)
     offload_folder: str | None = None  # where a device map's "disk" weights live, if any
     allowed: frozenset[str] = frozenset()  # names of the family's guards the user lifted
+
+    def __post_init__(self) -> None:
+        """Layer kinds made explicit before any surgery can renumber them."""
+        self.family.list_layer_kinds(self.model.config)
 
     @classmethod
     def wrap(cls, model: nn.Module, processor: Any = None, source: str = "",
@@ -229,15 +283,23 @@ class Adapter:
             inputs[name] = self.image_mask(inputs["input_ids"]).long()
         return inputs
 
+    def guard_layers(self) -> dict[str, set[int]]:
+        """Each guard's layers by guard name, lifted or not (what scoring records)."""
+        return {g.name: g.layers(self.model.config) for g in self.family.guards}
+
     def protected_layers(self) -> set[int]:
         """Layers this family does not let a user drop (e.g. Qwen3-VL deepstack injection points),
         plus its guarded ones (e.g. Mllama cross-attention) unless the user allowed them."""
-        config = self.model.config
-        out = set(self.family.protected(config))
-        for guard in self.family.guards:
-            if guard.name not in self.allowed:
-                out |= guard.layers(config)
+        out = set(self.family.protected(self.model.config))
+        for name, layers in self.guard_layers().items():
+            if name not in self.allowed:
+                out |= layers
         return out
+
+    def skipped_layers(self, inputs: dict[str, Any]) -> set[int]:
+        """Layers the model's forward leaves out for `inputs` (Mllama's cross-attention layers
+        without an image)."""
+        return self.family.skipped(self.model.config, inputs)
 
     def default_protect(self) -> set[int]:
         """DESIGN default: the first layer, the last layer and the family's own."""
@@ -257,7 +319,6 @@ def auto_class(family: Family) -> Any:
     )
 
 
-DEVICE_MAPS = ("auto", "balanced", "balanced_low_0", "sequential")
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
@@ -308,24 +369,15 @@ def load(
     `path`); `hint` lists other things the user could have named, for the error message.
     `allow` names family guards whose layers may be dropped (see `Adapter.allow`).
     """
-    import transformers
-
     name = source if source is not None else str(path)
-    try:
-        config = transformers.AutoConfig.from_pretrained(path)
-    except (OSError, ValueError) as exc:
-        raise LayercutError(
-            f"cannot read a model config from '{name}': pass a folder with config.json"
-            + (f", {hint}" if hint else " or a cached hub id")
-        ) from exc
-    family = family_for(config)
+    family = family_for(read_config(path, name, hint))
     allowed = check_allow(family, allow)  # before the weights load: a typo costs nothing
     kwargs: dict[str, Any] = {"dtype": dtype}
     if device_map is not None:
         kwargs["device_map"] = parse_device_map(device_map)
         values = kwargs["device_map"].values() if isinstance(kwargs["device_map"], dict) else []
         if offload_folder is None and ("disk" in values or kwargs["device_map"] in DEVICE_MAPS):
-            offload_folder = _temporary_offload_folder()
+            offload_folder = temporary_offload_folder()
         if offload_folder is not None:
             kwargs["offload_folder"] = str(offload_folder)
     try:
@@ -346,46 +398,17 @@ def load(
                    allowed=allowed)
 
 
-def parse_device_map(device_map: str | dict[str, Any]) -> str | dict[str, Any]:
-    """A strategy name passes through; a JSON file becomes its dict; every device is checked."""
-    if isinstance(device_map, str) and device_map in DEVICE_MAPS:
-        return device_map
-    if isinstance(device_map, str):
-        path = Path(device_map)
-        if not path.is_file():
-            raise LayercutError(
-                f"--device-map '{device_map}': use {' | '.join(DEVICE_MAPS)} or a JSON file "
-                "mapping module names to devices"
-            )
-        try:
-            device_map = json.loads(path.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise LayercutError(f"device map '{path}' is not JSON ({exc}): fix the file") from None
-    if not isinstance(device_map, dict) or not device_map:
-        raise LayercutError("a device map must be a JSON object {\"module name\": device}: fix the file")
-    for module, device in device_map.items():
-        ok = isinstance(device, int) and not isinstance(device, bool) and device >= 0
-        if isinstance(device, str):
-            try:
-                ok = device == "disk" or torch.device(device) is not None
-            except (RuntimeError, ValueError):
-                ok = False
-        if not ok:
-            raise LayercutError(
-                f"device map: '{module}' -> {device!r} is not a device: use a GPU index, "
-                "'cuda:N', 'cpu' or 'disk'"
-            )
-    return device_map
+def read_config(path: str | Path, name: str = "", hint: str = "") -> Any:
+    """The model's config alone (no weights), or a one-line error naming what to pass."""
+    import transformers
 
-
-def _temporary_offload_folder() -> Path:
-    import atexit
-    import shutil
-    import tempfile
-
-    folder = Path(tempfile.mkdtemp(prefix="layercut-offload-"))
-    atexit.register(shutil.rmtree, folder, ignore_errors=True)
-    return folder
+    try:
+        return transformers.AutoConfig.from_pretrained(path)
+    except (OSError, ValueError) as exc:
+        raise LayercutError(
+            f"cannot read a model config from '{name or path}': pass a folder with config.json"
+            + (f", {hint}" if hint else " or a cached hub id")
+        ) from exc
 
 
 def load_processor(path: str | Path, family: Family) -> Any:

@@ -147,7 +147,8 @@ def run_sweep(
         parse_mem(spec.cache_mem)  # a bad size fails now, not after the model loads
     path = model_path or spec.model
     worker = Worker(spec, path, harnessed) if executor == "local" else None
-    adapter = worker.adapter if worker else models.load_model(path, spec.dtype, spec.device_map, source=spec.model)
+    adapter = worker.adapter if worker else models.load_model(path, spec.dtype, spec.device_map, source=spec.model,
+                                                              allow=spec.allow)
     spec.num_layers = adapter.num_layers
     spec.protected = sorted(protect_set(spec.num_layers, spec.protect, adapter.protected_layers()))
     if scores is not None and scores.num_layers != spec.num_layers:

@@ -27,6 +27,7 @@ class SweepSpec:
     calib: str | None = None  # for `iterative`
     limit: int | None = None  # examples per task
     protect: str = "default"
+    allow: list[str] = field(default_factory=list)  # family guards lifted (Mllama's "cross-attention")
     seed: int = 0
     batch_size: int = 8
     options: dict[str, Any] = field(default_factory=dict)  # alpha, min_gap, domain, hybrid_threshold

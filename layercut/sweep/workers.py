@@ -31,7 +31,7 @@ class Worker:
         from layercut import models
         from layercut.evaluation import harness, prepare
 
-        self.adapter = models.load_model(path, spec.dtype, spec.device_map, source=spec.model)
+        self.adapter = models.load_model(path, spec.dtype, spec.device_map, source=spec.model, allow=spec.allow)
         if device is not None:
             self.adapter.model.to(device)
         self.spec = spec
