@@ -147,21 +147,98 @@ VLM_METHODS = ["math", "general", "mixed", "mixed-rank", "bi", "block", "last", 
                "spacing", "random", "hybrid"]  # every method but `iterative` (hours on a CPU)
 VLM_TASKS = ["math-vision", "general-vision", "math-vision-nll", "general-vision-nll"]
 SCOPES = ("all", "text", "image")
+VLM_MODELS = ("tiny-llava", "tiny-llava-nodrop")  # trained with LayerDrop, and the control without
 
 
 def run_vlm_demo(
     out: Path,
-    model: str = "tiny-llava",
+    models: tuple[str, ...] = VLM_MODELS,
     console: Console | None = None,
     progress: Callable[[], Any] | None = None,
     budgets: str = "0:14:2",
     limit: int = 40,
     n_per_domain: int = 32,
     methods: list[str] | None = None,
+) -> dict[str, dict[str, Any]]:
+    """The VLM experiment (`vlm_experiment`) on each of `models` (zoo names or folders), each in
+    OUT/NAME, then the regimes, verdicts and leaders side by side (printed, and
+    OUT/comparison.md). `out` is replaced."""
+    console = console or Console()
+    out = Path(out)
+    if out.exists():
+        shutil.rmtree(out)
+    out.mkdir(parents=True)
+    runs = {Path(m).name: vlm_experiment(out / Path(m).name, m, console, progress, budgets, limit,
+                                         n_per_domain, methods) for m in models}
+    if len(runs) > 1:
+        from layercut.regimes.bootstrap import Uncertainty
+
+        side = {m: (r["analysis"], Uncertainty.load(r["report"] / "uncertainty.json")
+                    if (r["report"] / "uncertainty.json").is_file() else None) for m, r in runs.items()}
+        rows = side_by_side(side)
+        table = Table(title="The same experiment on each model (P: share of 1000 bootstrap resamples "
+                            "in which the claim holds)")
+        for col in rows[0]:
+            table.add_column(col)
+        for row in rows:
+            table.add_row(*row.values())
+        console.print(table)
+        (out / "comparison.md").write_text(_markdown(rows) + "\n")
+        console.print(f"side by side: {out / 'comparison.md'}")
+    return runs
+
+
+def side_by_side(runs: dict[str, tuple[Any, Any]]) -> list[dict[str, str]]:
+    """One row per (series, model): each regime's budgets and leaders, and H1-H3 with the share
+    of bootstrap resamples in which each holds (when the sweep has per-document values)."""
+    rows = []
+    keys = [s.key for s in next(iter(runs.values()))[0].series]
+    for key in keys:
+        for model, (analysis, unc) in runs.items():
+            s = next((s for s in analysis.series if s.key == key), None)
+            if s is None:
+                continue
+            row = {"series": key, "model": model}
+            for r in s.regimes:
+                row[f"regime {r.index}"] = (f"k = {r.start}–{r.end}: {', '.join(r.leaders)}"
+                                            if r.present else "not found")
+            shares = unc.verdicts.get(key, {}) if unc is not None else {}
+            for c in s.claims:
+                p = f" (P {shares[c.id]:.2f})" if c.id in shares else ""
+                row[c.id] = c.verdict + p
+            row["mean r, k = 2 / 4 / 8"] = " / ".join(_mean_r(s, k) for k in (2, 4, 8))
+            rows.append(row)
+    return rows
+
+
+def _mean_r(s: Any, budget: int) -> str:
+    if budget not in s.budgets:
+        return "–"
+    i = s.budgets.index(budget)
+    vals = [v[i] for v in s.scores.values() if v[i] is not None]
+    return f"{sum(vals) / len(vals):.2f}" if vals else "–"
+
+
+def _markdown(rows: list[dict[str, str]]) -> str:
+    cols = list(rows[0])
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    lines += ["| " + " | ".join(r.get(c, "") for c in cols) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def vlm_experiment(
+    out: Path,
+    model: str,
+    console: Console,
+    progress: Callable[[], Any] | None,
+    budgets: str,
+    limit: int,
+    n_per_domain: int,
+    methods: list[str] | None,
 ) -> dict[str, Any]:
-    """Score tiny-llava on math-vision vs general-vision calibration (scopes all, text, image),
+    """Score `model` on math-vision vs general-vision calibration (scopes all, text, image),
     sweep every method x budget on both families (choice accuracy and gold-answer NLL, `limit`
-    questions per task), and write the regime report. `out` is replaced."""
+    questions per task), and write the regime report into the new folder `out`."""
     from layercut import api, models
     from layercut.cli.ui import score_with_progress, scores_table
     from layercut.data import builtin
@@ -169,12 +246,8 @@ def run_vlm_demo(
     from layercut.report import write_report
     from layercut.sweep import SweepSpec, parse_budgets
 
-    console = console or Console()
     t0 = time.perf_counter()
-    console.rule("[bold]layercut demo --vlm")
-    out = Path(out)
-    if out.exists():
-        shutil.rmtree(out)
+    console.rule(f"[bold]layercut demo --vlm: {model}")
     out.mkdir(parents=True)
     adapter = api.load_model(model)
     console.print(f"model: [bold]{model}[/bold] ({adapter.family.name}, {adapter.num_layers} decoder "
@@ -226,8 +299,8 @@ def run_vlm_demo(
     total = time.perf_counter() - t0
     console.print(f"done in {total / 60:.1f} min (scoring {t_score:.0f} s, sweep {t_sweep / 60:.1f} min); "
                   f"report: {folder / 'report.html'}")
-    return {"scores": by_scope, "sweep": df, "analysis": analysis, "seconds": total,
-            "seconds_scoring": t_score, "seconds_sweep": t_sweep}
+    return {"scores": by_scope, "sweep": df, "analysis": analysis, "report": folder,
+            "seconds": total, "seconds_scoring": t_score, "seconds_sweep": t_sweep}
 
 
 def _budget_grid(rows: Any, title: str) -> Table:

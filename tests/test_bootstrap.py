@@ -145,3 +145,38 @@ def test_reports_carry_intervals_and_old_sweeps_still_report(tiny_text_dir, tmp_
     md = (old / "report.md").read_text()
     assert "**No intervals:**" in md and not (old / "uncertainty.json").exists()
     assert "Which differences are significant" not in md
+
+
+def test_side_by_side_puts_each_models_regimes_and_verdict_probabilities_in_one_table():
+    from layercut.demo import side_by_side
+
+    worse = {m: [v * 0.8 if k else v for k, v in zip(BUDGETS, accs)] for m, accs in ACC.items()}
+    runs = {}
+    for name, table, seed in (("with", ACC, 1), ("without", worse, 2)):
+        df, docs = sampled(table, 400, seed=seed)
+        runs[name] = (analyze(df), bootstrap(df, docs, replicates=50, seed=0))
+    rows = side_by_side(runs)
+    keys = [s.key for s in runs["with"][0].series]
+    assert [(r["series"], r["model"]) for r in rows] == [(k, m) for k in keys for m in runs]
+    row = next(r for r in rows if r["series"] == "task:gsm8k/accuracy" and r["model"] == "with")
+    share = runs["with"][1].verdicts["task:gsm8k/accuracy"]["H1"]
+    assert row["H1"].endswith(f"(P {share:.2f})")
+    s = runs["without"][0].get("task", "gsm8k", "accuracy")
+    other = next(r for r in rows if r["series"] == s.key and r["model"] == "without")
+    i = s.budgets.index(2)
+    assert other["mean r, k = 2 / 4 / 8"].split(" / ")[0] == f"{np.mean([v[i] for v in s.scores.values()]):.2f}"
+    assert "P " not in side_by_side({"plain": (runs["with"][0], None)})[0]["H1"]
+
+
+def test_drawing_fewer_documents_widens_the_intervals_as_one_over_root_n():
+    """The m-out-of-n bootstrap asks how a sweep of m documents would fare: a quarter of the
+    documents doubles the interval widths (1/sqrt(m)) and leaves the centres where they were."""
+    table = {m: ACC[m][:4] for m in ("math", "block", "spacing")}
+    df, docs = sampled(table, 800, seed=5, budgets=BUDGETS[:4])
+    full = bootstrap(df, docs, replicates=400, seed=0)
+    quarter = bootstrap(df, docs, replicates=400, seed=0, draw=200)
+    ratios = [(quarter.intervals[k][1] - quarter.intervals[k][0]) / (hi - lo)
+              for k, (lo, hi) in full.intervals.items() if hi > lo]
+    assert 1.7 < float(np.median(ratios)) < 2.3, ratios
+    with pytest.raises(LayercutError, match="at least 1 document"):
+        bootstrap(df, docs, replicates=2, draw=0)

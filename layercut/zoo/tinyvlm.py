@@ -8,12 +8,16 @@ What was trained (vision tower, projector, a rank-8 LoRA on every linear layer o
 model) ships as one safetensors file under `layercut/weights/`; `build` merges the LoRA into
 SmolLM2's weights and writes a normal HF folder. The recipe that made the file is
 `layercut.zoo.train`; the held-out checks are `layercut.zoo.gates`.
+
+`tiny-llava-nodrop` is the control: the same recipe, seed, data and steps with LayerDrop off, so
+a pruning experiment on it is not softened by training that already skipped layers.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -25,8 +29,10 @@ from layercut.zoo.cache import ZooEntry
 
 IMAGE_TOKEN = "<empty_output>"  # SmolLM2 special token 16, never produced by its tokenizer
 IMAGE_TOKEN_ID = 16
-WEIGHTS = Path(__file__).parent.parent / "weights" / "tiny-llava.safetensors"
-CARD = Path(__file__).parent.parent / "weights" / "tiny-llava.md"
+WEIGHTS_DIR = Path(__file__).parent.parent / "weights"
+WEIGHTS = WEIGHTS_DIR / "tiny-llava.safetensors"
+CARD = WEIGHTS_DIR / "tiny-llava.md"
+NODROP = "tiny-llava-nodrop"  # trained without LayerDrop (layercut.zoo.train.RECIPES)
 VISION = dict(hidden_size=192, num_hidden_layers=4, num_attention_heads=3, intermediate_size=768,
               image_size=64, patch_size=16, num_channels=3)
 IMAGE_TOKENS = (VISION["image_size"] // VISION["patch_size"]) ** 2  # 16 per picture
@@ -119,13 +125,13 @@ def trained_model(weights: str | Path = WEIGHTS, lm: str | None = None) -> Any:
     return model
 
 
-def build(out: Path, weights: str | Path = WEIGHTS) -> None:
+def build(out: Path, weights: str | Path = WEIGHTS, card: Path = CARD) -> None:
     """`zoo build tiny-llava`: a normal LLaVA folder (model, processor, card) in `out`."""
     model = trained_model(weights)
     model.save_pretrained(out)
     processor().save_pretrained(out)
-    if CARD.is_file():
-        (out / "README.md").write_text(CARD.read_text(encoding="utf-8"), encoding="utf-8")
+    if card.is_file():
+        (out / "README.md").write_text(card.read_text(encoding="utf-8"), encoding="utf-8")
 
 
 def _metadata(path: Path) -> dict[str, str]:
@@ -135,16 +141,24 @@ def _metadata(path: Path) -> dict[str, str]:
         return f.metadata() or {}
 
 
-def source() -> str:
+def source(weights: Path = WEIGHTS) -> str:
     """What a build is made from: the committed weights' digest and the SmolLM2 package."""
-    digest = hashlib.sha256(WEIGHTS.read_bytes()).hexdigest()[:16] if WEIGHTS.is_file() else "missing"
-    return f"tiny-llava.safetensors {digest} on {smollm2.source()}"
+    digest = hashlib.sha256(weights.read_bytes()).hexdigest()[:16] if weights.is_file() else "missing"
+    return f"{weights.name} {digest} on {smollm2.source()}"
 
 
-ENTRY = ZooEntry(
-    "tiny-llava",
-    "LLaVA on SmolLM2-135M-Instruct with a 4-layer SigLIP tower, trained here on 64 px "
-    "counting, charts, easy-VQA, position and size (layercut/weights/tiny-llava.md)",
-    build,
-    source,
-)
+def weights_of(name: str) -> Path:
+    return WEIGHTS_DIR / f"{name}.safetensors"
+
+
+def _entry(name: str, description: str) -> ZooEntry:
+    weights, card = weights_of(name), WEIGHTS_DIR / f"{name}.md"
+    return ZooEntry(name, description, partial(build, weights=weights, card=card),
+                    partial(source, weights))
+
+
+ENTRY = _entry("tiny-llava", "LLaVA on SmolLM2-135M-Instruct with a 4-layer SigLIP tower, trained "
+               "here on 64 px counting, charts, easy-VQA, position and size "
+               "(layercut/weights/tiny-llava.md)")
+NODROP_ENTRY = _entry(NODROP, "tiny-llava's recipe, seed, data and steps with LayerDrop off: the "
+                      "control for pruning experiments (layercut/weights/tiny-llava-nodrop.md)")

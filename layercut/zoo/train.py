@@ -12,7 +12,8 @@
    2026-11-25 read no counts or charts.) With probability `layerdrop` a step skips 1 or 2 random
    decoder layers (never the first or last): LayerDrop-style training, so the model tolerates
    pruning. This makes the pruning experiment milder than on a model trained without it; the
-   model card says so.
+   model card says so. `tiny-llava-nodrop` (RECIPES) is that model: the skips are still drawn,
+   so its data stream is tiny-llava's step for step, but no layer is skipped.
 """
 
 from __future__ import annotations
@@ -87,9 +88,15 @@ class TrainConfig:
     stage2_lr: float = 1.5e-3  # LoRA; the projector gets half
     stage2_vision_lr: float = 0.0  # share of stage2_lr for the vision tower (0: frozen)
     layerdrop: float = 0.3  # probability that a stage-2 step skips 1-2 random middle layers
+    # False (tiny-llava-nodrop): the same skips are drawn, so the data stream is the same, but
+    # every step runs all layers: the control for what LayerDrop training does to pruning
+    layerdrop_skip: bool = True
     eval_limit: int = 20  # held-out questions per task printed at the end
     log_every: int = 50
     threads: int = 1  # on a busy 2-core machine one thread ran twice as fast as two
+
+
+RECIPES = {"tiny-llava": TrainConfig(), "tiny-llava-nodrop": TrainConfig(layerdrop_skip=False)}
 
 
 def _caption_vocab(tok: Any) -> dict[str, int]:
@@ -169,9 +176,9 @@ def answer_loss(model: Any, batch: dict[str, torch.Tensor], skip: list[int] = ()
 
 
 def train(out: str | Path, cfg: TrainConfig = TrainConfig(), log: Callable[[str], None] = print,
-          progress: Any = None, evaluate: bool = True) -> dict[str, Any]:
-    """Train tiny-llava into `out` (tiny-llava.safetensors, train_log.json, model/); returns the
-    log. `progress`: a rich Progress (or None)."""
+          progress: Any = None, evaluate: bool = True, name: str = "tiny-llava") -> dict[str, Any]:
+    """Train tiny-llava into `out` (NAME.safetensors, train_log.json, model/); returns the log.
+    `progress`: a rich Progress (or None)."""
     from safetensors.torch import save_file
 
     out = Path(out)
@@ -192,7 +199,7 @@ def train(out: str | Path, cfg: TrainConfig = TrainConfig(), log: Callable[[str]
     model.train()
     rng = random.Random(f"layercut/tiny-llava/train/{cfg.seed}")
     history: dict[str, list[float]] = {"stage1": [], "stage1_acc": [], "stage2": []}
-    log(f"training tiny-llava: {json.dumps(cfg.__dict__)}")
+    log(f"training {name}: {json.dumps(cfg.__dict__)}")
 
     # stage 1: image tokens towards the caption words' input embeddings, plus label heads
     emb = model.model.language_model.embed_tokens.weight.detach()
@@ -262,7 +269,7 @@ def train(out: str | Path, cfg: TrainConfig = TrainConfig(), log: Callable[[str]
     for step in range(cfg.stage2_steps):
         batch = enc.batch(_draw(rng, cfg.stage2_batch))
         skip = rng.sample(range(1, L - 1), rng.randint(1, 2)) if rng.random() < cfg.layerdrop else []
-        loss = answer_loss(model, batch, skip)
+        loss = answer_loss(model, batch, skip if cfg.layerdrop_skip else [])
         opt.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(trained, 1.0)
@@ -281,11 +288,12 @@ def train(out: str | Path, cfg: TrainConfig = TrainConfig(), log: Callable[[str]
 
     state = {n: p.detach().to(torch.float16).contiguous() for n, p in model.named_parameters()
              if n.startswith(("model.vision_tower", "model.multi_modal_projector"))}
-    for name, m in lora.items():
-        state[f"{name}.lora_A"] = m.lora_A.detach().to(torch.float16).contiguous()
-        state[f"{name}.lora_B"] = m.lora_B.detach().to(torch.float16).contiguous()
+    for module, m in lora.items():
+        state[f"{module}.lora_A"] = m.lora_A.detach().to(torch.float16).contiguous()
+        state[f"{module}.lora_B"] = m.lora_B.detach().to(torch.float16).contiguous()
     meta = {"lora_rank": LORA_RANK, "lora_alpha": LORA_ALPHA, "config": cfg.__dict__}
-    save_file(state, str(out / "tiny-llava.safetensors"), metadata={"layercut": json.dumps(meta)})
+    weights = out / f"{name}.safetensors"
+    save_file(state, str(weights), metadata={"layercut": json.dumps(meta)})
     result: dict[str, Any] = {"config": cfg.__dict__, "seconds_stage1": t1 - t0,
                               "seconds_stage2": t2 - t1, "stage1_readout": readout, "loss": history}
     if evaluate:
@@ -293,7 +301,7 @@ def train(out: str | Path, cfg: TrainConfig = TrainConfig(), log: Callable[[str]
         if folder.exists():
             import shutil
             shutil.rmtree(folder)
-        build(folder, out / "tiny-llava.safetensors")
+        build(folder, weights)
         from layercut import models
 
         adapter = models.load(folder)
