@@ -172,6 +172,7 @@ def run_vlm_demo(
                                          n_per_domain, methods) for m in models}
     if len(runs) > 1:
         from layercut.regimes.bootstrap import Uncertainty
+        from layercut.report.document import render_markdown
 
         side = {m: (r["analysis"], Uncertainty.load(r["report"] / "uncertainty.json")
                     if (r["report"] / "uncertainty.json").is_file() else None) for m, r in runs.items()}
@@ -183,7 +184,9 @@ def run_vlm_demo(
         for row in rows:
             table.add_row(*row.values())
         console.print(table)
-        (out / "comparison.md").write_text(_markdown(rows) + "\n")
+        cols = list(rows[0])
+        block = ("table", cols, [[r.get(c, "") for c in cols] for r in rows])
+        (out / "comparison.md").write_text(render_markdown([block]))
         console.print(f"side by side: {out / 'comparison.md'}")
     return runs
 
@@ -217,13 +220,6 @@ def _mean_r(s: Any, budget: int) -> str:
     i = s.budgets.index(budget)
     vals = [v[i] for v in s.scores.values() if v[i] is not None]
     return f"{sum(vals) / len(vals):.2f}" if vals else "–"
-
-
-def _markdown(rows: list[dict[str, str]]) -> str:
-    cols = list(rows[0])
-    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    lines += ["| " + " | ".join(r.get(c, "") for c in cols) + " |" for r in rows]
-    return "\n".join(lines)
 
 
 def vlm_experiment(
