@@ -11,6 +11,7 @@ model card and mergekit recipe of the Recipe.
 
 from __future__ import annotations
 
+import json
 import re
 import tomllib
 from pathlib import Path
@@ -210,3 +211,34 @@ def test_real_shape_pruned_on_meta(name, tmp_path):
     assert [i for a, b in ranges for i in range(a, b)] == kept  # every kept layer once, in order
     assert len(ranges) == 1 + sum(1 for x, y in zip(kept, kept[1:]) if y != x + 1)  # maximal runs
     assert {s["sources"][0]["model"] for s in slices} == {recipe.source}
+
+
+WINDOW_PATTERN_SHAPES = [n for n in NAMES if (shapes.fields(n).get("text_config") or shapes.fields(n))
+                         .get("sliding_window_pattern")]
+
+
+@pytest.mark.parametrize("name", WINDOW_PATTERN_SHAPES)
+def test_pruned_config_has_no_stale_window_pattern(name, tmp_path):
+    """Gemma 3 says its window layout twice: layer_types and sliding_window_pattern (full attention
+    on every p-th layer). After a drop, layer_types is subset but a saved pattern would describe
+    another model. transformers reads layer_types, but a reader that rebuilds the layout from the
+    pattern (converters and serving stacks that take `sliding_window_pattern`) would give layers
+    after the first dropped one the wrong window. The saved config must not carry a pattern its
+    layer_types contradict."""
+    adapter = meta_adapter(name)
+    drop = choose_drop(adapter)
+    drop_layers(adapter, drop)
+    adapter.model.config.save_pretrained(tmp_path)
+    saved = json.loads((tmp_path / "config.json").read_text())
+    text = saved.get("text_config", saved)
+    kinds = text["layer_types"]
+    for key in ("sliding_window_pattern", "_sliding_window_pattern"):
+        p = text.get(key)
+        if p:
+            implied = ["full_attention" if (i + 1) % p == 0 else "sliding_attention" for i in range(len(kinds))]
+            assert kinds == implied, (
+                f"{name}: after dropping {drop}, the saved config.json keeps {key}={p} but its "
+                f"layer_types put full attention at {[i for i, k in enumerate(kinds) if k == 'full_attention']}, "
+                f"not at every {p}th layer: surgery should clear (or drop) {key} when the pruned layer_types "
+                "no longer follow it"
+            )
