@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import re
 import tomllib
+from itertools import pairwise
 from pathlib import Path
 
 import pytest
@@ -22,7 +23,14 @@ import yaml
 from transformers import AutoConfig
 
 from layercut.errors import LayercutError
-from layercut.models import FAMILIES, Adapter, auto_class, family_for, parameter_count, shapes
+from layercut.models import (
+    FAMILIES,
+    Adapter,
+    auto_class,
+    family_for,
+    parameter_count,
+    shapes,
+)
 from layercut.surgery import Recipe, check_drop, drop_layers, mergekit_yaml, model_card
 
 NAMES = shapes.names()
@@ -209,7 +217,7 @@ def test_real_shape_pruned_on_meta(name, tmp_path):
     slices = yaml.safe_load(mergekit_yaml(recipe))["slices"]
     ranges = [tuple(s["sources"][0]["layer_range"]) for s in slices]
     assert [i for a, b in ranges for i in range(a, b)] == kept  # every kept layer once, in order
-    assert len(ranges) == 1 + sum(1 for x, y in zip(kept, kept[1:]) if y != x + 1)  # maximal runs
+    assert len(ranges) == 1 + sum(1 for x, y in pairwise(kept) if y != x + 1)  # maximal runs
     assert {s["sources"][0]["model"] for s in slices} == {recipe.source}
 
 
