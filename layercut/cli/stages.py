@@ -205,8 +205,10 @@ def heal(
 ) -> None:
     """LoRA-heal the kept layers of a pruned model, merge, save, and verify the reload."""
     from layercut import api
+    from layercut.extras import require
     from layercut.io import check_out
 
+    require("peft", "healing")  # before the progress bar: a missing extra is one line
     check_out(out, overwrite)
     bar = Progress(
         TextColumn("{task.description}"), BarColumn(),

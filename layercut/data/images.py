@@ -26,6 +26,7 @@ from pathlib import Path
 
 from layercut.data import Sample, pools
 from layercut.errors import LayercutError
+from layercut.extras import package_dir
 
 IMAGE_SIZE = 192  # rendered figures, pixels per side
 PHOTO_MAX = 224  # scikit-image photos are shrunk to fit this
@@ -206,7 +207,7 @@ _COLORS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#1
 @functools.lru_cache(maxsize=None)
 def _digits_data() -> tuple[list[list[int]], list[int]]:
     """sklearn's digits (the file behind load_digits(), read directly: no sklearn import)."""
-    path = pools.package_dir("sklearn", "scikit-learn") / "datasets" / "data" / "digits.csv.gz"
+    path = package_dir("sklearn", "the built-in image sets") / "datasets" / "data" / "digits.csv.gz"
     images, labels = [], []
     with gzip.open(path, "rt") as f:
         for line in f:
@@ -330,7 +331,7 @@ def general_samples(n: int, seed: int, split: str, image_dir: Path) -> list[Samp
 
 @functools.lru_cache(maxsize=None)
 def photo_pool(split: str) -> list[dict]:
-    folder = pools.package_dir("skimage", "scikit-image") / "data"
+    folder = package_dir("skimage", "the built-in image sets") / "data"
     return [{"id": f"skimage/{name}/{k}", "source": "skimage", "question": q, "answer": a,
              "file": f"skimage-{name}.png",
              "write": functools.partial(_write_photo, folder / file)}
@@ -355,7 +356,7 @@ def _write_photo(src: Path, dst: Path) -> None:
 def easy_vqa_pool(split: str) -> tuple[list[dict], list[dict]]:
     """(open questions, yes/no questions) from easy-VQA's train (calib) or test (eval) files."""
     part = "train" if split == "calib" else "test"
-    folder = pools.package_dir("easy_vqa", "easy-vqa==1.0") / "data" / part
+    folder = package_dir("easy_vqa", "the built-in image sets") / "data" / part
     rows = json.loads((folder / "questions.json").read_text(encoding="utf-8"))
     open_q, yesno_q = [], []
     for i, (question, answer, image_id) in enumerate(rows):

