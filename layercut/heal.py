@@ -321,8 +321,7 @@ def heal_checkpoint(
     recipe_path = src / card.RECIPE_FILE
     with atomic_dir(out, overwrite=overwrite) as tmp:
         surgery.save_model(adapter, tmp)
-        if adapter.processor is not None:
-            adapter.processor.save_pretrained(tmp)
+        surgery.save_processor(adapter, tmp)
         verify = surgery.verify_reload(adapter, tmp, inputs)
         stats.save(tmp / HEAL_FILE)
         if recipe_path.is_file():

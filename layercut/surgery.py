@@ -27,6 +27,9 @@ from layercut.errors import LayercutError
 from layercut.io import atomic_dir
 
 PER_LAYER_LISTS = ("layer_types", "mlp_layer_types")
+# "Full attention on every p-th layer" (Gemma 3): true of the unpruned layer_types only; a
+# converter that rebuilds the layout from it would give later layers the wrong window.
+WINDOW_PATTERNS = ("sliding_window_pattern", "_sliding_window_pattern")
 
 
 @dataclass
@@ -99,6 +102,9 @@ def drop_layers(adapter: Any, drop: Iterable[int]) -> list[int]:
         values = getattr(cfg, name, None)
         if isinstance(values, (list, tuple)) and len(values) == L:
             setattr(cfg, name, [values[i] for i in kept])
+    for name in WINDOW_PATTERNS:
+        if not _follows_pattern(getattr(cfg, "layer_types", None), getattr(cfg, name, None)):
+            setattr(cfg, name, None)
     new_index = {old: new for new, old in enumerate(kept)}
     for name in adapter.family.index_lists:
         # A layer listed here keeps its kind under its new index; a dropped one leaves the list.
@@ -114,6 +120,13 @@ def drop_layers(adapter: Any, drop: Iterable[int]) -> list[int]:
     if getattr(adapter.model, "hf_device_map", None):
         adapter.model.hf_device_map = renumber_device_map(adapter, kept)
     return kept
+
+
+def _follows_pattern(kinds: Any, p: Any) -> bool:
+    """True unless `p` is a window pattern that the list of layer kinds does not follow."""
+    if not isinstance(p, int) or p < 1 or not isinstance(kinds, (list, tuple)):
+        return True
+    return list(kinds) == ["full_attention" if (i + 1) % p == 0 else "sliding_attention" for i in range(len(kinds))]
 
 
 def renumber_device_map(adapter: Any, kept: list[int]) -> dict[str, Any]:
@@ -146,7 +159,7 @@ def skipped(adapter: Any, drop: Iterable[int]) -> Iterator[list[int]]:
     cfg = adapter.text_config
     layers = adapter.layers
     index_lists = adapter.family.index_lists
-    names = (*PER_LAYER_LISTS, *index_lists, "max_window_layers")
+    names = (*PER_LAYER_LISTS, *WINDOW_PATTERNS, *index_lists, "max_window_layers")
     saved_cfg = {n: getattr(cfg, n) for n in names if hasattr(cfg, n)}
     saved_decoder = {n: getattr(adapter.decoder, n) for n in index_lists if hasattr(adapter.decoder, n)}
     saved_idx = [
@@ -322,8 +335,7 @@ def prune(
     )
     with atomic_dir(out, overwrite=overwrite) as tmp:
         save_model(adapter, tmp)
-        if adapter.processor is not None:
-            adapter.processor.save_pretrained(tmp)
+        save_processor(adapter, tmp)
         recipe.verify = verify_reload(adapter, tmp, inputs)
         recipe.save(tmp / RECIPE_FILE)
         (tmp / "README.md").write_text(model_card(recipe))
@@ -340,6 +352,32 @@ def save_model(adapter: Any, folder: Path) -> None:
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Attempting to save a model with offloaded modules")
         adapter.model.save_pretrained(folder)
+
+
+# What a source folder's tokenizer and processor consist of (transformers 4.x and 5.x names).
+PROCESSOR_FILES = (
+    "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",
+    "vocab.json", "vocab.txt", "merges.txt", "tokenizer.model", "spiece.model", "chat_template.jinja",
+    "chat_template.json", "preprocessor_config.json", "processor_config.json",
+    "video_preprocessor_config.json",
+)
+
+
+def save_processor(adapter: Any, folder: Path) -> None:
+    """The source folder's tokenizer and processor files, copied byte for byte where it has them:
+    re-saving would rewrite them in the running transformers' dialect (5.x writes
+    "TokenizersBackend" as the class, which transformers 4.x and llama.cpp's converter refuse).
+    Otherwise (a hub id, an in-memory model) the loaded processor saves itself."""
+    import shutil
+
+    source = Path(getattr(adapter, "path", "") or "")
+    files = [source / n for n in PROCESSOR_FILES] if source.is_dir() else []
+    files = [f for f in files if f.is_file()]
+    if any(f.name in ("tokenizer.json", "tokenizer_config.json", "tokenizer.model") for f in files):
+        for f in files:
+            shutil.copyfile(f, folder / f.name)
+    elif adapter.processor is not None:
+        adapter.processor.save_pretrained(folder)
 
 
 def _versions() -> dict[str, str]:

@@ -36,6 +36,9 @@ def test_gguf_converts_once_into_a_plain_folder(tmp_path, monkeypatch):
     config = json.loads((path / "config.json").read_text())
     assert config["model_type"] == "llama" and config["num_hidden_layers"] == 30
     assert "quantization_config" not in config
+    # The class the model's own release names (transformers 4.x and llama.cpp refuse
+    # "TokenizersBackend", which transformers 5 writes for a GGUF-born tokenizer).
+    assert json.loads((path / "tokenizer_config.json").read_text())["tokenizer_class"] == "GPT2Tokenizer"
     adapter = models.load(str(path))
     assert models.parameter_count(adapter.model) == 134_515_008
     assert "Paris" in greedy_text(adapter, "The capital of France is")
@@ -59,6 +62,8 @@ def test_score_prune_reload_on_the_real_model(default_path, tmp_path):
     assert reloaded.num_layers == 24
     prompt = "Question: what is 2 plus 3?\nAnswer:"
     assert greedy_text(reloaded, prompt, 8) == greedy_text(adapter, prompt, 8)
+    for name in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja"):  # copied verbatim
+        assert (tmp_path / "p" / name).read_bytes() == (Path(default_path) / name).read_bytes(), name
 
 
 def test_demo_command_end_to_end(tmp_path):

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 import torch
 
-from layercut import card, surgery
+from layercut import card, models, surgery
 from layercut.errors import LayercutError
 from layercut.models import Adapter, auto_class
 from tests.tiny import FAMILY_IDS, make_tiny
@@ -190,3 +191,19 @@ def test_recipe_round_trip_and_mergekit_ranges(tmp_path):
     assert surgery.Recipe.load(tmp_path / "r.json") == r
     assert card.kept_ranges(r.kept) == [(0, 3), (4, 5), (6, 7)]
     assert "layer_range: [4, 5]" in card.mergekit_yaml(r)
+
+
+def test_tokenizer_files_are_copied_verbatim(tiny_text_dir, tmp_path):
+    """Re-saving would rewrite them in the running transformers' dialect; the source's bytes
+    (whatever class its release names) are what clients of the pruned model expect."""
+    src = tmp_path / "src"
+    shutil.copytree(tiny_text_dir, src)
+    config = json.loads((src / "tokenizer_config.json").read_text())
+    config["tokenizer_class"] = "PreTrainedTokenizerFast"  # a class 5.x would not write back
+    (src / "tokenizer_config.json").write_text(json.dumps(config, indent=3) + "\n")
+    adapter = models.load(str(src))
+    surgery.prune(adapter, [2], tmp_path / "out")
+    names = sorted(p.name for p in src.iterdir() if p.name in surgery.PROCESSOR_FILES)
+    assert "tokenizer_config.json" in names and "tokenizer.json" in names
+    for name in names:
+        assert (tmp_path / "out" / name).read_bytes() == (src / name).read_bytes(), name

