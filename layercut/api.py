@@ -28,7 +28,9 @@ __all__ = ["calibration", "check_allow", "heal", "load_model", "probe", "prune",
 
 
 def resolve_model(model: str) -> str:
-    """A zoo name becomes its cached folder (built on first use); a folder or hub id passes."""
+    """A zoo name or `random:SHAPE` (seeded random weights of a real model shape, e.g.
+    `random:qwen2.5-7b-instruct`) becomes its cached folder (built on first use); a folder or hub
+    id passes."""
     return zoo.resolve(model)
 
 
@@ -45,7 +47,7 @@ def load_model(
     if isinstance(model, models.Adapter):
         return models.load_model(model, allow=allow)
     return models.load_model(resolve_model(model), dtype, device_map, offload_folder, source=model,
-                             hint=f"a cached hub id, or a built-in name ({', '.join(zoo.names())})", allow=allow)
+                             hint=f"a cached hub id, a built-in name ({', '.join(zoo.names())}) or random:SHAPE", allow=allow)
 
 
 def check_allow(model: str, allow: str | Iterable[str]) -> frozenset[str]:

@@ -7,12 +7,14 @@ that takes `--model` accepts these names (`layercut.api` resolves them with `res
 - `tinyvlm`: `tiny-llava`, a small LLaVA on SmolLM2 trained here (`train`: its trainer;
   `gates`: its held-out checks, true vs shuffled images), and `tiny-llava-nodrop`, the same
   recipe without LayerDrop.
+- `randomweights`: `random:NAME`, seeded random weights of a real model shape
+  (`layercut.models.shapes`), for runs at real size with nothing to download.
 - `cache`: where built folders live and when they are rebuilt.
 """
 
 from __future__ import annotations
 
-from layercut.zoo import smollm2, tinyvlm
+from layercut.zoo import randomweights, smollm2, tinyvlm
 from layercut.zoo.cache import STAMP, ZooEntry, cache_dir, materialise
 from layercut.zoo.cache import state as entry_state
 
@@ -33,6 +35,8 @@ def state(name: str) -> str:
 
 
 def resolve(name: str) -> str:
-    """A zoo name becomes its cached folder (built on first use, rebuilt when stale); anything
-    else passes through."""
+    """A zoo name becomes its cached folder (built on first use, rebuilt when stale), and so does
+    `random:NAME` (random weights of a real shape); anything else passes through."""
+    if randomweights.is_random(name):
+        return randomweights.resolve(name)
     return materialise(ZOO[name]) if name in ZOO else name
