@@ -18,6 +18,12 @@ from __future__ import annotations
 
 def main() -> None:
     """The `layercut` console script."""
-    from layercut.cli.app import main as run
+    import sys
 
-    run()
+    try:
+        from layercut.cli.app import main as run
+
+        run()
+    except KeyboardInterrupt:  # Ctrl-C while the libraries still import: nothing was started
+        print("interrupted: nothing was written", file=sys.stderr)
+        sys.exit(130)

@@ -9,7 +9,6 @@ from __future__ import annotations
 import sys
 
 import typer
-from rich.markup import escape
 
 from layercut.cli import info, stages, sweeps, ui
 from layercut.cli.zoo import zoo_app
@@ -31,21 +30,44 @@ app.add_typer(zoo_app, name="zoo")
 
 
 def main() -> None:
+    """Run the command named by sys.argv. How it ends: 0 done; 2 a bad input or option (one line
+    on stderr naming the fix; typer's usage errors too, e.g. an option out of its range); 130
+    interrupted (Ctrl-C: one line saying what was kept, outputs are never left half-written)."""
+    ui.pin_consoles()
     ui.quiet_libraries()
     try:
-        app(standalone_mode=False)
+        code = app(standalone_mode=False)
     except LayercutError as exc:
-        ui.console.print(f"[bold red]error:[/bold red] {escape(str(exc))}", highlight=False, soft_wrap=True)
+        ui.error(str(exc))
         sys.exit(2)
-    except typer.Abort:
-        ui.console.print("aborted")
+    except KeyboardInterrupt:
+        ui.interrupted()
         sys.exit(130)
-    except Exception as exc:  # click usage errors carry their own exit codes
-        import click
-
-        if isinstance(exc, click.exceptions.ClickException):
-            exc.show()
-            sys.exit(exc.exit_code)
-        if isinstance(exc, click.exceptions.Exit):
-            sys.exit(exc.exit_code)
+    except Exception as exc:
+        kinds = {c.__name__ for c in type(exc).__mro__}  # click's or typer's own copy of click
+        if "Abort" in kinds:
+            ui.interrupted()
+            sys.exit(130)
+        if "ClickException" in kinds:
+            ui.error(usage_message(exc))
+            sys.exit(getattr(exc, "exit_code", 2))
+        if "Exit" in kinds:
+            sys.exit(getattr(exc, "exit_code", 0))
         raise
+    if code == 130:  # typer turns Ctrl-C inside a command into Exit(130) and returns its code
+        ui.interrupted()
+    sys.exit(code if isinstance(code, int) else 0)
+
+
+def usage_message(exc: Exception) -> str:
+    """A click/typer usage error as one line: what is wrong, the allowed range of an int option,
+    and where the help is."""
+    message = exc.format_message() if hasattr(exc, "format_message") else str(exc)
+    param, ctx = getattr(exc, "param", None), getattr(exc, "ctx", None)
+    low, high = getattr(param, "min", None), getattr(param, "max", None)
+    if low is not None or high is not None:
+        allowed = (f"from {low} to {high}" if low is not None and high is not None
+                   else f"{low} or more" if low is not None else f"{high} or less")
+        message = message.rstrip(".") + f" (allowed: {allowed})"
+    where = f"`{ctx.command_path} --help`" if ctx is not None else "`layercut --help`"
+    return f"{message.rstrip('.')}: see {where}"

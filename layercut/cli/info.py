@@ -37,7 +37,7 @@ def calib_build(
     from layercut.io import check_out
 
     check_out(out, overwrite)
-
+    ui.writes(out)
     path = builtin.build_calib(out, kind=kind, n_per_domain=n, seed=seed, split=split, overwrite=overwrite)
     counts = {d: len(s) for d, s in by_domain(load_calib(path)).items()}
     ui.out_console.print(f"wrote {path}: " + ", ".join(f"{d} {c}" for d, c in counts.items()))

@@ -8,7 +8,6 @@ from typing import Optional
 import typer
 from rich.progress import (
     BarColumn,
-    Progress,
     TextColumn,
     TimeElapsedColumn,
     TimeRemainingColumn,
@@ -51,6 +50,7 @@ def score(
     csv = out.with_suffix(".csv")
     for path in (out, csv):
         check_out(path, overwrite)
+    ui.writes(out, f" or {csv}")
     _, scores = ui.score_with_progress(
         model, calib, scope=scope, block_tokens=block_tokens, batch_size=batch_size,
         max_length=max_length, dtype=dtype, device_map=device_map, offload_folder=offload_folder,
@@ -89,12 +89,13 @@ def probe(
     from layercut.probe import RULE
 
     check_out(out, overwrite)
+    ui.writes(out)
     adapter = api.load_model(model, dtype, device_map, allow=allow or ())  # before the bar: errors are one line
     with ui.progress() as bar:
         task = bar.add_task("probe", total=None, unit="drops")
         profile = api.probe(adapter, calib, protect=protect, batch_size=batch_size, max_length=max_length,
                             cache_mem=cache_mem, progress=lambda done, total: bar.update(task, completed=done, total=total))
-    profile.save(out)
+    profile.save(out)  # written whole (a temporary sibling, renamed)
     table = Table(title=f"Single-drop damage: calibration NLL rise (baseline {profile.baseline['all']:.3f})")
     table.add_column("layer", justify="right")
     for d in profile.nll:
@@ -130,6 +131,7 @@ def select(
 
     if out is not None:
         check_out(out)
+        ui.writes(out)
     options = {k: v for k, v in dict(domain=domain, min_gap=min_gap).items() if v is not None}
     with ui.progress() as bar:
         task = bar.add_task(method, total=None, unit="candidate drop sets", visible=method.startswith("iterative"))
@@ -172,6 +174,7 @@ def prune(
     if drop is not None and method is not None:
         raise LayercutError("--drop and --method exclude each other: use one")
     check_out(out, overwrite)
+    ui.writes(out)
     with ui.console.status("pruning, saving and verifying the reload"):
         recipe = api.prune(
             model, calib, out=out, method=guarded(method or "math", guard), budget=budget or 0,
@@ -210,7 +213,8 @@ def heal(
 
     require("peft", "healing")  # before the progress bar: a missing extra is one line
     check_out(out, overwrite)
-    bar = Progress(
+    ui.writes(out)
+    bar = ui.Bar(
         TextColumn("{task.description}"), BarColumn(),
         TextColumn("{task.completed}/{task.total} steps"), TextColumn("loss {task.fields[loss]}"),
         TimeElapsedColumn(), TimeRemainingColumn(), console=ui.console,

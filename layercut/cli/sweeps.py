@@ -22,7 +22,7 @@ def sweep(
     budgets: str = typer.Option("0:12:2", help="start:stop:step (stop included) or a list like 0,2,4."),
     tasks: str = typer.Option("nll-math,nll-general", help="Comma-separated tasks (see `layercut tasks`), task YAML files, or HARNESS:TASK[@DOMAIN] (lm-eval, lmms-eval)."),
     include_path: Optional[Path] = typer.Option(None, help="Folder of extra harness task YAMLs (for lm-eval:/lmms-eval: tasks)."),
-    limit: Optional[int] = typer.Option(None, help="Examples per task (default: each task's own)."),
+    limit: Optional[int] = typer.Option(None, min=1, help="Examples per task (default: each task's own)."),
     calib: Optional[str] = typer.Option(None, help="Calibration set (for `iterative`)."),
     protect: str = typer.Option("default", help="'default' (first+last), 'none', or indices."),
     allow: Optional[str] = typer.Option(None, help=ALLOW_HELP),
@@ -46,7 +46,7 @@ def sweep(
     """Evaluate every method at every budget on every task; weights load once."""
     from layercut import api, models
     from layercut.selection import GUARD
-    from layercut.sweep import SweepSpec, check_folder, parse_budgets
+    from layercut.sweep import SPEC_FILE, SweepSpec, check_folder, parse_budgets, resume_spec
 
     options: dict = {"alpha": alpha}
     if hybrid_threshold is not None:
@@ -66,17 +66,50 @@ def sweep(
     )
     check_folder(out, resume)  # before the progress bar: a bad --out is one line
     api.check_allow(model, spec.allow)  # and so are unknown guard names
+    if resume:  # a changed option is one line now; what it adds is said once
+        _, added = resume_spec(SweepSpec.load(out / SPEC_FILE), spec, out)
+        ui.console.print(f"resuming {out}: " + (f"adding {'; '.join(added)} (only their cells run)" if added
+                                                else "finished cells are kept"), highlight=False, soft_wrap=True, markup=False)
+    ui.on_interrupt(lambda: _kept(out, resume))
     with ui.progress() as bar:
         task = bar.add_task("sweep", total=None, unit="evaluations")
         df = api.sweep(spec, out, resume=resume, executor=executor, workers=workers,
                        progress=lambda done, total: bar.update(task, completed=done, total=total))
     shared = int(df.drop_duplicates(["method", "budget", "task"])["shared"].sum()) if len(df) else 0
     ui.out_console.print(f"{len(df)} result rows ({shared} cells reused another cell's drop set) in {out}")
+    _warn_cut_cells(out, df)
     if report:
         from layercut.report import write_report
 
         folder = write_report(out)
         ui.out_console.print(f"report: {folder / 'report.html'}")
+
+
+def _warn_cut_cells(out: Path, df) -> None:
+    """One warning when generation cells cut more than TRUNCATION_WARN of their answers."""
+    from layercut.evaluation import TRUNCATION_WARN
+    from layercut.report.sweep_folder import truncated_shares
+
+    shares = truncated_shares(out, df)
+    over = {k: v for k, v in shares.items() if v > TRUNCATION_WARN}
+    if over:
+        (m, k, t), worst = max(over.items(), key=lambda kv: kv[1])
+        ui.console.print(f"[bold yellow]warning:[/bold yellow] {len(over)} of {len(shares)} generation cells cut "
+                         f"more than {TRUNCATION_WARN:.0%} of their answers at max_new_tokens (worst: {m} at k = {k} "
+                         f"on {t}, {worst:.0%}); cut answers count as wrong: raise the task's max_new_tokens",
+                         highlight=False, soft_wrap=True)
+
+
+def _kept(out: Path, resume: bool) -> str:
+    """What a Ctrl-C leaves of a sweep: its finished cells (a new sweep stopped before its first
+    cell leaves no folder)."""
+    from layercut.sweep import LOG_FILE
+
+    log = out / LOG_FILE
+    cells = sum(1 for line in log.read_text().splitlines() if line.strip()) if log.is_file() else 0
+    if not out.exists():
+        return f"nothing was written to {out}"
+    return f"{cells} cell{'s' if cells != 1 else ''} kept in {out}: rerun with --resume to continue"
 
 
 def report(
@@ -91,6 +124,7 @@ def report(
     if not sweep_dir.is_dir():
         raise LayercutError(f"sweep folder '{sweep_dir}' not found: run `layercut sweep --out {sweep_dir}` first")
     check_out(out or sweep_dir / REPORT_DIR, overwrite=True)
+    ui.writes(out or sweep_dir / REPORT_DIR, " (an earlier report there is kept)")
     with ui.console.status(f"regime analysis and {replicates} bootstrap resamples"):
         folder = write_report(sweep_dir, out, replicates=replicates)
     ui.out_console.print(f"wrote {folder / 'report.md'} and {folder / 'report.html'}")
@@ -101,7 +135,7 @@ def eval_(
     tasks: str = typer.Option(..., help="Comma-separated tasks (layercut's, or the harness's)."),
     drop: Optional[str] = typer.Option(None, help="Evaluate as if these layers were dropped (no copy)."),
     allow: Optional[str] = typer.Option(None, help=ALLOW_HELP),
-    limit: Optional[int] = typer.Option(None, help="Examples per task."),
+    limit: Optional[int] = typer.Option(None, min=1, help="Examples per task."),
     harness: str = typer.Option("layercut", help="layercut | lm-eval | lmms-eval"),
     include_path: Optional[Path] = typer.Option(None, help="Folder of extra task YAMLs (lm-eval, lmms-eval)."),
     judge_url: Optional[str] = typer.Option(None, help="OpenAI-compatible endpoint to judge generated answers."),
@@ -117,6 +151,7 @@ def eval_(
 
     if out is not None:
         check_out(out)
+        ui.writes(out)
     adapter = api.load_model(model, dtype, device_map, allow=allow or ())
     names = [t.strip() for t in tasks.split(",") if t.strip()]
     drop_list = ui.layer_list(drop, "--drop") or []
@@ -151,7 +186,19 @@ def eval_(
         for k, v in metrics.items():
             table.add_row(name, k, f"{v:.4f}" if isinstance(v, float) else str(v))
     ui.out_console.print(table)
+    for name, metrics in results.items():
+        warn_truncated(name, metrics.get("truncated"))
     if out is not None:
         with atomic_file(out) as tmp:
             tmp.write_text(json.dumps(results, indent=1) + "\n")
+
+
+def warn_truncated(task: str, share: Optional[float]) -> None:
+    """One warning when more than TRUNCATION_WARN of a task's answers hit max_new_tokens."""
+    from layercut.evaluation import TRUNCATION_WARN
+
+    if isinstance(share, float) and share > TRUNCATION_WARN:
+        ui.console.print(f"[bold yellow]warning:[/bold yellow] {task}: {share:.0%} of the answers stopped at "
+                         "max_new_tokens and count as wrong: raise the task's max_new_tokens (a task YAML) "
+                         "to score what the model meant to say", highlight=False, soft_wrap=True)
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import os
 import time
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 from rich.console import Console
 from rich.progress import (
@@ -23,6 +23,42 @@ from layercut.errors import LayercutError
 
 console = Console(stderr=True)
 out_console = Console()
+_interrupt_note: Callable[[], str] = lambda: "nothing was written"
+
+
+def pin_consoles() -> None:
+    """Tie the consoles to the streams the command started with, so that a harness's redirection
+    of sys.stdout/sys.stderr (into OUT/harness.log) does not take our progress and results along."""
+    import sys
+
+    console.file, out_console.file = sys.stderr, sys.stdout
+
+
+def error(message: str) -> None:
+    """The one line a refused command prints."""
+    from rich.markup import escape
+
+    console.print(f"[bold red]error:[/bold red] {escape(message)}", highlight=False, soft_wrap=True)
+
+
+def writes(out: Any, what: str = "") -> None:
+    """Say what a Ctrl-C leaves: this command's outputs appear whole or not at all."""
+    on_interrupt(lambda: f"nothing was written to {out}{what}")
+
+
+def on_interrupt(note: Callable[[], str]) -> None:
+    """What the interrupted line says (a function: asked only when Ctrl-C comes)."""
+    global _interrupt_note
+    _interrupt_note = note
+
+
+def interrupted() -> None:
+    """The one line of a Ctrl-C."""
+    try:
+        note = _interrupt_note()
+    except Exception:  # what to say must not fail the exit
+        note = "stopped"
+    console.print(f"interrupted: {note}", highlight=False, soft_wrap=True, markup=False)
 
 
 def quiet_libraries() -> None:
@@ -35,9 +71,21 @@ def quiet_libraries() -> None:
     transformers.utils.logging.disable_progress_bar()
 
 
+class Bar(Progress):
+    """A rich Progress that vanishes when an error or Ctrl-C stops it: the line that says why
+    stays alone."""
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        if exc_type is not None:  # and without the blank line Progress.stop adds off a terminal
+            self.live.transient = True
+            self.live.stop()
+            return
+        super().__exit__(exc_type, exc, tb)
+
+
 def progress() -> Progress:
     """A progress bar on stderr; each task carries a `unit` field (samples, evaluations, ...)."""
-    return Progress(
+    return Bar(
         TextColumn("{task.description}"),
         BarColumn(),
         TextColumn("{task.completed}/{task.total} {task.fields[unit]}"),

@@ -65,7 +65,7 @@ def train(
     threads: int = typer.Option(1, min=1, help="torch threads (1 was fastest on a busy 2-core CPU)."),
     stage1_steps: Optional[int] = typer.Option(None, help="Override the recipe (smoke runs)."),
     stage2_steps: Optional[int] = typer.Option(None, help="Override the recipe (smoke runs)."),
-    eval_limit: Optional[int] = typer.Option(None, help="Held-out questions per task at the end."),
+    eval_limit: Optional[int] = typer.Option(None, min=1, help="Held-out questions per task at the end."),
     overwrite: bool = typer.Option(False, help="Replace an existing output folder."),
 ) -> None:
     """Train a zoo model from scratch here (seeded); prints held-out accuracy per task."""
@@ -78,6 +78,7 @@ def train(
     if name not in trainer.RECIPES:
         raise LayercutError(f"'{name}' is not trained here: `zoo train` knows {', '.join(trainer.RECIPES)}")
     check_out(out, overwrite)
+    ui.writes(out)
     cfg = replace(trainer.RECIPES[name], seed=seed, threads=threads)
     for k, v in (("stage1_steps", stage1_steps), ("stage2_steps", stage2_steps),
                  ("eval_limit", eval_limit)):
@@ -115,6 +116,7 @@ def eval_(
         raise LayercutError(f"--metrics '{metrics}': use choice plus any of nll, generate")
     if out is not None:
         check_out(out)
+        ui.writes(out)
     torch.set_num_threads(threads)
     adapter = api.load_model(name)
     with ui.console.status("evaluating (true vs shuffled images, then the 2-layer drops)"):

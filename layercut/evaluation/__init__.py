@@ -20,7 +20,7 @@
 
 from layercut.evaluation.batching import Prepared
 from layercut.evaluation.extract import EXTRACTORS, is_equiv
-from layercut.evaluation.runner import HIGHER_IS_BETTER, evaluate, prepare
+from layercut.evaluation.runner import HIGHER_IS_BETTER, TRUNCATION_WARN, evaluate, prepare
 from layercut.evaluation.tasks import TASKS, TaskSpec, get_task, load_task
 from layercut.evaluation.teacher import score_continuations, token_nll
 
@@ -28,6 +28,7 @@ __all__ = [
     "EXTRACTORS",
     "HIGHER_IS_BETTER",
     "TASKS",
+    "TRUNCATION_WARN",
     "Prepared",
     "TaskSpec",
     "evaluate",

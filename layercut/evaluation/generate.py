@@ -19,16 +19,19 @@ import torch
 from layercut.evaluation.batching import Context, Prepared, collate, seq_of
 from layercut.evaluation.extract import EXTRACTORS, is_equiv
 from layercut.evaluation.tasks import TaskSpec
+from layercut.models.compat import output_cache, with_cache
 
 
 def evaluate_generate(adapter: Any, prepared: Prepared, batch_size: int, judge_url: str | None,
                       judge_model: str, details: list | None, max_tokens: int | None = None) -> dict[str, float]:
     spec = prepared.task
+    cut: list[bool] = []
     outputs = generate(adapter, [it.context for it in prepared.items], spec.max_new_tokens,
-                       prepared.stop, batch_size, prefix_len=prepared.prefix_len, max_tokens=max_tokens)
+                       prepared.stop, batch_size, prefix_len=prepared.prefix_len, max_tokens=max_tokens,
+                       truncated=cut)
     extractor = EXTRACTORS[spec.extractor]
     hits = 0
-    for it, text in zip(prepared.items, outputs):
+    for k, (it, text) in enumerate(zip(prepared.items, outputs)):
         if judge_url:
             from layercut.evaluation.judge import judge
 
@@ -39,9 +42,11 @@ def evaluate_generate(adapter: Any, prepared: Prepared, batch_size: int, judge_u
         hits += bool(ok)
         if details is not None:
             details.append({"id": it.id, "output": text, "extracted": pred, "gold": it.gold,
-                            "correct": bool(ok)})
+                            "correct": bool(ok), "truncated": cut[k]})
     n = len(prepared.items)
-    return {"accuracy": hits / n, "n": float(n)}
+    # The share of answers that stopped at max_new_tokens: they count as wrong whatever they were
+    # going to say, so a high share means the limit, not the model, decides the accuracy.
+    return {"accuracy": hits / n, "n": float(n), "truncated": sum(cut) / n}
 
 
 def _compare(spec: TaskSpec, pred: str | None, gold: str) -> bool:
@@ -55,7 +60,8 @@ def _compare(spec: TaskSpec, pred: str | None, gold: str) -> bool:
 
 
 def generate(adapter: Any, contexts: list[Context], max_new_tokens: int, stop: Iterable[str],
-             batch_size: int, prefix_len: int = 0, max_tokens: int | None = None) -> list[str]:
+             batch_size: int, prefix_len: int = 0, max_tokens: int | None = None,
+             truncated: list[bool] | None = None) -> list[str]:
     """Greedy continuations (decoded, cut at the first stop string), in the order given.
 
     Rows go longest first, left-padded, `batch_size` at a time, each batch one `generate` call with
@@ -64,7 +70,9 @@ def generate(adapter: Any, contexts: list[Context], max_new_tokens: int, stop: I
     whatever the prompts' lengths (a row longer than that goes alone).
     With `prefix_len`, every context starts with the same `prefix_len` tokens (few-shot
     examples): they are run once and their KV cache is shared by every row, whose own tokens are
-    left-padded after the prefix ([prefix | pad | rest]; positions follow the attention mask)."""
+    left-padded after the prefix ([prefix | pad | rest]; positions follow the attention mask).
+    `truncated`, when given, is filled with one flag per context: whether its answer was cut by
+    `max_new_tokens` (no end of sequence and no stop string within the limit)."""
     tok = adapter.tokenizer
     stop = [s for s in stop if s]
     kwargs: dict[str, Any] = {"max_new_tokens": max_new_tokens}
@@ -72,13 +80,37 @@ def generate(adapter: Any, contexts: list[Context], max_new_tokens: int, stop: I
         kwargs.update(stop_strings=stop, tokenizer=tok)
     prefix_cache = _prefix_cache(adapter, contexts[0], prefix_len)
     outputs = [""] * len(contexts)
+    cut = [False] * len(contexts)
+    ends = _end_ids(adapter)
     order = sorted(range(len(contexts)), key=lambda i: -len(contexts[i].ids))
     for chunk in _batches(order, [len(c.ids) + max_new_tokens for c in contexts], batch_size, max_tokens):
         width, out = _generate_batch(adapter, [contexts[i] for i in chunk], prefix_len,
                                      prefix_cache, **kwargs)
         for r, i in enumerate(chunk):
-            outputs[i] = cut_at_stops(tok.decode(out[r, width:], skip_special_tokens=True), stop)
+            new = out[r, width:]
+            text = tok.decode(new, skip_special_tokens=True)
+            outputs[i] = cut_at_stops(text, stop)
+            # Cut by the limit: all max_new_tokens used, none of them an end (EOS or padding after
+            # one), and no stop string reached.
+            cut[i] = (new.shape[0] >= max_new_tokens and not any(int(t) in ends for t in new)
+                      and outputs[i] == text)
+    if truncated is not None:
+        truncated[:] = cut
     return outputs
+
+
+def _end_ids(adapter: Any) -> set[int]:
+    """Token ids that end an answer: the tokenizer's and the generation config's EOS, and padding."""
+    ids: set[int] = set()
+    tok = adapter.tokenizer
+    gc = getattr(adapter.model, "generation_config", None)
+    for value in (getattr(tok, "eos_token_id", None), getattr(tok, "pad_token_id", None),
+                  getattr(gc, "eos_token_id", None), getattr(gc, "pad_token_id", None)):
+        if isinstance(value, int):
+            ids.add(value)
+        elif isinstance(value, (list, tuple)):
+            ids.update(int(v) for v in value)
+    return ids
 
 
 def _batches(order: list[int], lengths: list[int], batch_size: int, max_tokens: int | None) -> Iterator[list[int]]:
@@ -95,7 +127,7 @@ def _prefix_cache(adapter: Any, context: Context, prefix_len: int) -> Any:
     if not prefix_len:
         return None
     inputs = collate(adapter, [context.ids[:prefix_len]], [{}], [{}], left=True)
-    return adapter.model(**inputs, use_cache=True).cache
+    return output_cache(adapter.model(**inputs, use_cache=True))
 
 
 def _generate_batch(adapter: Any, ctxs: list[Context], prefix_len: int, prefix_cache: Any,
@@ -106,7 +138,7 @@ def _generate_batch(adapter: Any, ctxs: list[Context], prefix_len: int, prefix_c
                          [{}] * len(ctxs), left=True, prefix=ctxs[0].ids[:prefix_len])
         cache = copy.deepcopy(prefix_cache)
         cache.batch_repeat_interleave(len(ctxs))
-        kwargs["cache"] = cache
+        kwargs.update(with_cache(adapter.model, cache))
     else:
         inputs = collate(adapter, [c.ids for c in ctxs], [seq_of(c, 0) for c in ctxs],
                          [c.extras for c in ctxs], left=True)

@@ -6,7 +6,7 @@ the model as it is now, so a sweep can evaluate the same prepared task under man
 `surgery.skipped` views of the same adapter. Three kinds:
 
 - generate (`generate`): greedy, cut at the first stop string, answer extracted (or judged) and
-  compared with the gold answer -> {"accuracy", "n"}.
+  compared with the gold answer -> {"accuracy", "n", "truncated"} (the share cut at max_new_tokens).
 - choice (`teacher`): the log-likelihood of each candidate continuation, argmax ->
   {"accuracy", "accuracy_norm", "n"}.
 - nll (`teacher`): mean negative log-likelihood per token of the gold continuation ->
@@ -34,6 +34,9 @@ from layercut.evaluation.tasks import TaskSpec, get_task
 from layercut.evaluation.teacher import check_shared, evaluate_choice, evaluate_nll
 
 HIGHER_IS_BETTER: dict[str, bool] = {"accuracy": True, "accuracy_norm": True, "nll": False}
+# A generate cell also records "truncated": the share of answers that stopped at max_new_tokens
+# (scored wrong whatever they were going to say). Above this share, eval and the report warn.
+TRUNCATION_WARN = 0.05
 
 
 # --- prepare -------------------------------------------------------------------------------

@@ -86,6 +86,8 @@ def build_document(sweep: Sweep, a: Analysis, figures: list[Figure], u: Uncertai
                 "can lead)")
         B.append(("p", f"The sweep ran `hybrid` with threshold k = {used} ({how}); {same}."))
 
+    B.extend(_truncation_section(sweep))
+
     B.append(("h", 2, "How the regimes are found"))
     B.extend(("p", para) for para in a.rule)
     B.extend(method_blocks(u, sweep.no_docs or NO_DOCS))
@@ -168,6 +170,36 @@ def build_document(sweep: Sweep, a: Analysis, figures: list[Figure], u: Uncertai
         B.append(("table", ["k", "methods", "spread", "std", "rel. spread", "τ_b(k, next)", "leader(s)",
                             "near-best", "regime"], rows))
     return B
+
+
+def _truncation_section(sweep: Sweep) -> list[tuple]:
+    """Generation tasks: the share of answers cut at max_new_tokens per method and budget (cut
+    answers count as wrong), with a warning when any cell is above TRUNCATION_WARN."""
+    from layercut.evaluation import TRUNCATION_WARN
+
+    if not sweep.truncated:
+        return []
+    methods = list(dict.fromkeys(m for m, _, _ in sweep.truncated))
+    over = {k: v for k, v in sweep.truncated.items() if v > TRUNCATION_WARN}
+    B: list[tuple] = [("h", 2, "Answers cut at max_new_tokens")]
+    if over:
+        (m, k, t), worst = max(over.items(), key=lambda kv: kv[1])
+        B.append(("p", (f"**Warning: {len(over)} of {len(sweep.truncated)} generation cells cut more than "
+                        f"{TRUNCATION_WARN:.0%} of their answers** (worst: `{m}` at k = {k} on `{t}`, {worst:.0%}). "
+                        "A cut answer counts as wrong, so there the limit, not the model, lowers the accuracy: "
+                        "raise the task's max_new_tokens and re-run those cells.")))
+    else:
+        B.append(("p", f"Every generation cell cut at most {TRUNCATION_WARN:.0%} of its answers."))
+    for task in dict.fromkeys(t for _, _, t in sweep.truncated):
+        budgets = sorted({k for _, k, t in sweep.truncated if t == task})
+        rows = [[str(k)] + [_share(sweep.truncated.get((m, k, task))) for m in methods] for k in budgets]
+        B.append(("p", f"**{task}**: share of answers cut"))
+        B.append(("table", ["k"] + methods, rows))
+    return B
+
+
+def _share(x: float | None) -> str:
+    return "" if x is None else f"{x:.0%}"
 
 
 def _guard_section(sweep: Sweep, a: Analysis) -> list[tuple]:

@@ -32,6 +32,8 @@ class Sweep:
     # per-document values of each result row (cells.jsonl), for the bootstrap; empty for old sweeps
     docs: dict = field(default_factory=dict)
     no_docs: str = ""  # why `docs` is empty
+    # (method, budget, task) -> share of answers cut at max_new_tokens, for generate cells (cells.jsonl)
+    truncated: dict = field(default_factory=dict)
 
 
 @dataclass
@@ -68,7 +70,34 @@ def read_sweep(sweep_dir: str | Path) -> Sweep:
                     for p in sorted(path.glob("scores-*.json"))}
     probe = DamageProfile.load(path / "probe.json") if (path / "probe.json").is_file() else None
     docs, no_docs = _doc_values(path, results)
-    return Sweep(path, results, spec, scores, scope_scores, probe, docs, no_docs)
+    return Sweep(path, results, spec, scores, scope_scores, probe, docs, no_docs, truncated_shares(path, results))
+
+
+def truncated_shares(path: Path, results: pd.DataFrame) -> dict:
+    """{(method, budget, task): share of answers that hit max_new_tokens} for the result rows whose
+    cell recorded it (generate tasks; sweeps written before layercut recorded it have none)."""
+    from layercut.sweep import LOG_FILE
+    from layercut.sweep.spec import HEAL_TAG, Unit
+
+    log = path / LOG_FILE
+    if not log.is_file() or results.empty:
+        return {}
+    shares = {}
+    for line in log.read_text().splitlines():
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if "truncated" in rec.get("metrics", {}):
+            shares[rec["key"]] = float(rec["metrics"]["truncated"])
+    out = {}
+    for r in results.drop_duplicates(["method", "budget", "task"]).itertuples(index=False):
+        task, _, steps = str(r.task).partition(HEAL_TAG)
+        drop = tuple(sorted(int(x) for x in str(r.drop).split(",") if x.strip() and x.strip() != "<NA>"))
+        key = Unit(drop, task, int(steps) if steps else 0).key
+        if key in shares:
+            out[(str(r.method), int(r.budget), str(r.task))] = shares[key]
+    return out
 
 
 def _doc_values(path: Path, results: pd.DataFrame) -> tuple[dict, str]:

@@ -34,6 +34,7 @@ Here: planning and `run_sweep`. `spec`: what a sweep is (sweep.json) and its uni
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
@@ -50,20 +51,23 @@ from layercut.sweep.spec import (
     SweepSpec,
     Unit,
     parse_budgets,
+    resume_spec,
 )
 from layercut.sweep.workers import Worker, run_local, run_ray
 
 __all__ = ["COLUMNS", "HEAL_TAG", "LOG_FILE", "PROBE_FILE", "SPEC_FILE", "ResultsLog", "SweepSpec", "Unit",
-           "check_folder", "parse_budgets", "plan_selections", "run_sweep"]
+           "check_folder", "check_spec", "parse_budgets", "plan_selections", "resume_spec", "run_sweep"]
 
 
 # --------------------------------------------------------------------------- planning
 
 
 def plan_selections(
-    spec: SweepSpec, scores: Any, adapter: Any = None, methods: Iterable[str] | None = None
+    spec: SweepSpec, scores: Any, adapter: Any = None, methods: Iterable[str] | None = None,
+    profile: Any = None, threshold: int | None = None,
 ) -> dict[tuple[str, int], list[int]]:
-    """(method, budget) -> drop list, for the given methods (default: the spec's)."""
+    """(method, budget) -> drop list, for the given methods (default: the spec's); `profile`, the
+    damage profile (default: the spec's probe file); `threshold`, hybrid's (default: the spec's)."""
     from layercut import selection
     from layercut.data.calibration import calibration
     from layercut.engine import calibration_loss_fn
@@ -71,10 +75,11 @@ def plan_selections(
     methods = list(spec.methods if methods is None else methods)
     protect = set(spec.protected)
     options = {k: v for k, v in spec.options.items() if k in ("alpha", "min_gap", "domain")}
-    if spec.probe:
+    if profile is None and spec.probe:
         from layercut.probe import DamageProfile
 
         profile = DamageProfile.load(spec.probe)
+    if profile is not None:
         options.update(damage=profile.damage(options.get("domain") or "all"), guard=profile.flagged)
     picks: dict[tuple[str, int], list[int]] = {}
     for method in methods:
@@ -89,7 +94,8 @@ def plan_selections(
             for k in spec.budgets:
                 picks[(method, k)] = sel.drop[:k]
             continue
-        extra = {"threshold": spec.options.get("hybrid_threshold")} if base == "hybrid" else {}
+        given = threshold if threshold is not None else spec.options.get("hybrid_threshold")
+        extra = {"threshold": given} if base == "hybrid" else {}
         for k in spec.budgets:
             sel = selection.select(
                 scores, method, k, num_layers=spec.num_layers, protect=protect, seed=spec.seed,
@@ -123,24 +129,18 @@ def run_sweep(
     from layercut.selection import protect_set
 
     out = check_folder(out, resume)
+    created = not out.exists()
     if executor not in ("local", "ray"):
         raise LayercutError(f"unknown executor '{executor}': use local or ray")
+    added: list[str] = []
     if resume:
-        saved = SweepSpec.load(out / SPEC_FILE)
-        if (saved.methods, saved.budgets, saved.tasks, saved.model) != (spec.methods, spec.budgets, spec.tasks, spec.model):
-            raise LayercutError(f"'{out}' holds a different sweep: resume with the same model, methods, budgets and tasks")
-        saved.engine, saved.cache_mem = spec.engine, spec.cache_mem  # how, not what: may change
-        spec = saved
+        spec, added = resume_spec(SweepSpec.load(out / SPEC_FILE), spec, out)
+    # A resumed sweep's scores are its folder's copy (resume_spec checked --scores holds the same).
+    scores = LayerScores.load(out / "scores.json" if resume else spec.scores) if spec.scores else None
+    check_spec(spec, scores)
     # Harness tasks load (and are checked: installed, known, offline) before the model does.
     harnessed = {t: harness.prepare(t, spec.include_path) for t in spec.tasks if harness.is_harness_task(t)}
     domains = {t: harnessed[t].domain if t in harnessed else get_task(t).domain for t in spec.tasks}
-
-    scores = LayerScores.load(spec.scores) if spec.scores else None
-    if spec.heal_steps < 0 or (spec.heal_steps and not spec.calib):
-        raise LayercutError("--heal-steps heals every cell on the calibration data: give a positive "
-                            "number of steps and --calib")
-    if spec.engine not in ENGINES:
-        raise LayercutError(f"unknown engine '{spec.engine}': use {', '.join(ENGINES)}")
     if spec.cache_mem is not None:
         from layercut.engine import parse_mem
 
@@ -156,25 +156,79 @@ def run_sweep(
     if max(spec.budgets) >= spec.num_layers:
         raise LayercutError(f"budget {max(spec.budgets)} >= {spec.num_layers} layers: lower --budgets")
 
-    out.mkdir(parents=True, exist_ok=True)
-    if not resume:
-        if scores is not None:
-            scores.save(out / "scores.json")
-        _probe_into(spec, out, adapter)
-        spec.save(out / SPEC_FILE)
-    log = ResultsLog(out, domains)
-
+    # Everything that can refuse the sweep runs before its folder is made: the probe the methods
+    # need, and every selection (the first phase's picks are kept; hybrid is tried as a pure
+    # ranking when its threshold is still to be found).
+    profile = _probe_for(spec, out, adapter)
     hybrid = [m for m in spec.methods if m.removesuffix(GUARD) == "hybrid"]
     phases = [[m for m in spec.methods if m not in hybrid]] + ([hybrid] if hybrid else [])
-    picks: dict[tuple[str, int], list[int]] = {}
-    for methods in phases:
-        if methods == hybrid and spec.options.get("hybrid_threshold") is None:
-            found = _threshold_from(log.table(picks, spec.tasks))  # before healing
-            # No structure-dominated regime in range: hybrid stays a pure ranking method.
-            spec.options["hybrid_threshold"] = found if found is not None else max(spec.budgets) + 1
-            spec.options["hybrid_threshold_found"] = found is not None
+    picks: dict[tuple[str, int], list[int]] = plan_selections(spec, scores, adapter, phases[0], profile)
+    if hybrid and spec.options.get("hybrid_threshold") is None:
+        plan_selections(spec, scores, adapter, hybrid, profile, threshold=max(spec.budgets) + 1)
+
+    out.mkdir(parents=True, exist_ok=True)
+    log = None
+    try:
+        if scores is not None and not resume:
+            scores.save(out / "scores.json")
+        if profile is not None and spec.probe != str(out / PROBE_FILE):
+            profile.save(out / PROBE_FILE)
+            spec.probe = str(out / PROBE_FILE)
+        if not resume or added:
             spec.save(out / SPEC_FILE)
-        picks.update(plan_selections(spec, scores, adapter, methods))
+        log = ResultsLog(out, domains)
+        return _run_phases(spec, out, log, phases, picks, scores, adapter, executor, path, worker, workers, progress)
+    except BaseException:
+        if created and (log is None or not log.done):  # refused or stopped before its first cell
+            shutil.rmtree(out, ignore_errors=True)
+        raise
+
+
+def check_spec(spec: SweepSpec, scores: Any = None) -> None:
+    """Refuse a sweep whose methods, budgets, tasks or options cannot run, before anything is
+    loaded or written (the checks that need the model follow in `run_sweep`, still before writing)."""
+    from layercut.evaluation import get_task, harness
+    from layercut.selection import METHODS
+
+    if not spec.methods:
+        raise LayercutError("--methods is empty: name at least one method (see `layercut methods`)")
+    if not spec.tasks:
+        raise LayercutError("--tasks is empty: name at least one task (see `layercut tasks`)")
+    if not spec.budgets or min(spec.budgets) < 0:
+        raise LayercutError(f"--budgets {spec.budgets}: budgets are layer counts of 0 or more, e.g. 0:16:2")
+    domains = scores.domains if scores is not None else None
+    for m in spec.methods:
+        base = m.removesuffix(GUARD)
+        if base not in METHODS and (domains is None or base not in domains):
+            also = f"or a domain of the scores ({', '.join(domains)})" if domains else "or, with --scores, a domain name"
+            raise LayercutError(f"unknown method '{m}' in --methods: use {', '.join(METHODS)} {also}")
+    for t in spec.tasks:
+        if not harness.is_harness_task(t):
+            get_task(t)  # an unknown task is one line now
+    if spec.limit is not None and spec.limit < 1:
+        raise LayercutError(f"--limit {spec.limit}: give 1 or more examples per task (or leave it out)")
+    if spec.heal_steps < 0 or (spec.heal_steps and not spec.calib):
+        raise LayercutError("--heal-steps heals every cell on the calibration data: give a positive "
+                            "number of steps and --calib")
+    if spec.engine not in ENGINES:
+        raise LayercutError(f"unknown engine '{spec.engine}': use {', '.join(ENGINES)}")
+    if any(m.removesuffix(GUARD) == "iterative" for m in spec.methods) and not spec.calib:
+        raise LayercutError("method 'iterative' measures calibration loss: pass --calib")
+
+
+def _run_phases(spec: SweepSpec, out: Path, log: ResultsLog, phases: list[list[str]],
+                picks: dict[tuple[str, int], list[int]], scores: Any, adapter: Any, executor: str, path: str,
+                worker: Any, workers: int | None, progress: Callable[[int, int], None] | None) -> pd.DataFrame:
+    """Evaluate the cells, phase by phase (hybrid last when its threshold comes from the others)."""
+    for i, methods in enumerate(phases):
+        if i:  # hybrid: its threshold found in the other methods' results unless given
+            if spec.options.get("hybrid_threshold") is None:
+                found = _threshold_from(log.table(picks, spec.tasks))  # before healing
+                # No structure-dominated regime in range: hybrid stays a pure ranking method.
+                spec.options["hybrid_threshold"] = found if found is not None else max(spec.budgets) + 1
+                spec.options["hybrid_threshold_found"] = found is not None
+                spec.save(out / SPEC_FILE)
+            picks.update(plan_selections(spec, scores, adapter, methods))
         heals = [0, spec.heal_steps] if spec.heal_steps else [0]
         units = list(dict.fromkeys(
             Unit(tuple(sorted(drop)), t, h) for h in heals for drop in picks.values() for t in spec.tasks
@@ -213,25 +267,26 @@ def check_folder(out: str | Path, resume: bool = False) -> Path:
     return out
 
 
-def _probe_into(spec: SweepSpec, out: Path, adapter: Any) -> None:
-    """Put the damage profile the methods need into the sweep folder (probing now if none is
-    given) and point the spec at it; the report draws it from there."""
+def _probe_for(spec: SweepSpec, out: Path, adapter: Any) -> Any:
+    """The damage profile the methods need (None if none does): the given --probe (kept as
+    `probe_source`; the sweep folder gets a copy, which the report draws from), the one already
+    in a resumed sweep's folder, or probed now from --calib."""
     from layercut.probe import DamageProfile
 
-    needs = any(m.endswith(GUARD) or m == "damage" for m in spec.methods)
+    needs = any(m.endswith(GUARD) or m.removesuffix(GUARD) == "damage" for m in spec.methods)
     if spec.probe:
-        DamageProfile.load(spec.probe).save(out / PROBE_FILE)
-    elif needs:
-        if not spec.calib:
-            raise LayercutError("methods 'damage' and NAME+guard need a probe: pass --probe probe.json "
-                                "(from `layercut probe`) or --calib to probe now")
-        from layercut.data.calibration import calibration
-        from layercut.probe import probe_samples
+        if spec.probe != str(out / PROBE_FILE):
+            spec.probe_source = spec.probe
+        return DamageProfile.load(spec.probe)
+    if not needs:
+        return None
+    if not spec.calib:
+        raise LayercutError("methods 'damage' and NAME+guard need a probe: pass --probe probe.json "
+                        "(from `layercut probe`) or --calib to probe now")
+    from layercut.data.calibration import calibration
+    from layercut.probe import probe_samples
 
-        probe_samples(adapter, calibration(spec.calib), cache_mem=spec.cache_mem).save(out / PROBE_FILE)
-    else:
-        return
-    spec.probe = str(out / PROBE_FILE)
+    return probe_samples(adapter, calibration(spec.calib), cache_mem=spec.cache_mem)
 
 
 def _threshold_from(results: pd.DataFrame) -> int | None:

@@ -39,6 +39,7 @@ class SweepSpec:
     heal_steps: int = 0  # also evaluate every cell after this many LoRA steps on `calib` (0: no)
     include_path: str | None = None  # a folder of harness task YAMLs, for HARNESS:TASK tasks
     max_tokens_per_batch: int | None = None  # generation: prompt + new tokens per batch (not batch_size rows)
+    probe_source: str | None = None  # the --probe the user gave (`probe` then points at the copy)
     num_layers: int = 0  # filled when planned
     protected: list[int] = field(default_factory=list)  # resolved protected layers, filled when planned
 
@@ -68,6 +69,103 @@ class Unit:
         return (f"{HEAL_TAG}{self.heal}", f"{HEAL_TAG}{self.heal}") if self.heal else ("", "")
 
 
+# How a sweep runs, not what it measures: these may change on --resume.
+HOW = ("engine", "cache_mem", "batch_size", "max_tokens_per_batch", "device_map")
+# These may grow on --resume (every old entry kept): the old cells stay valid, only new ones run.
+GROWS = {"methods": "--methods", "budgets": "--budgets", "tasks": "--tasks"}
+# These must be the same on --resume: each changes what every cell measures.
+FIXED = {"model": "--model", "limit": "--limit", "seed": "--seed", "protect": "--protect",
+         "allow": "--allow", "calib": "--calib", "dtype": "--dtype", "heal_steps": "--heal-steps",
+         "include_path": "--include-path", "options": "", "scores": "--scores", "probe": "--probe"}
+OPTION_FLAGS = {"alpha": "--alpha", "hybrid_threshold": "--hybrid-threshold", "min_gap": "--min-gap",
+                "domain": "--domain"}
+
+
+def resume_spec(saved: SweepSpec, given: SweepSpec, folder: Path) -> tuple[SweepSpec, list[str]]:
+    """The spec to continue with when `given` resumes the sweep `saved` in `folder`, and what it adds.
+
+    Every option that changes what a cell measures must be as before (else one line naming the
+    option and both values); methods, budgets and tasks may only grow (the new cells are evaluated,
+    the old ones kept); engine, cache size, batch size and device map are how, not what: the new
+    values are used."""
+    def show(v: Any) -> str:
+        if isinstance(v, list):
+            return ",".join(map(str, v)) or "(none)"
+        return "(none)" if v is None else str(v)
+
+    def refuse(flag: str, old: Any, new: Any) -> LayercutError:
+        return LayercutError(f"--resume: {flag} {show(new)} differs from the sweep in '{folder}' ({flag} "
+                             f"{show(old)}): rerun with {flag} {show(old)}, or start a new sweep in another --out")
+
+    for name, flag in FIXED.items():
+        old, new = getattr(saved, name), getattr(given, name)
+        if name == "options":
+            user = {k: v for k, v in saved.options.items() if k != "hybrid_threshold_found"}
+            if saved.options.get("hybrid_threshold_found") is not None:  # found, not given
+                user.pop("hybrid_threshold", None)
+            for key in sorted(set(user) | set(new)):
+                if user.get(key) != new.get(key):
+                    raise refuse(OPTION_FLAGS.get(key, f"option {key}"), user.get(key), new.get(key))
+            continue
+        if name == "scores":
+            if old is None and new is None:
+                continue
+            if old is None or new is None:
+                raise refuse(flag, old, new)
+            if not _same_file(folder / "scores.json", new, "scores"):
+                raise LayercutError(f"--resume: --scores '{new}' holds other scores than the sweep in '{folder}' "
+                                    f"(from '{old}'): rerun with those scores, or start a new sweep in another --out")
+            continue
+        if name == "probe":
+            old = saved.probe_source
+            if new is None and old is None:
+                continue
+            if new is not None and _same_file(folder / PROBE_FILE, new, "probe"):
+                continue
+            raise LayercutError(f"--resume: --probe {show(new)} differs from the sweep in '{folder}' (its "
+                                f"probe: {show(old) if old else 'probed from --calib' if saved.probe else 'none'}): "
+                                "rerun with the same probe, or start a new sweep in another --out")
+        if name == "calib":
+            old, new = _where(old), _where(new)
+        if old != new:
+            raise refuse(flag, old, new)
+    spec = SweepSpec(**asdict(saved))
+    for name in HOW:
+        setattr(spec, name, getattr(given, name))
+    added = []
+    for name, flag in GROWS.items():
+        old, new = getattr(saved, name), getattr(given, name)
+        missing = [x for x in old if x not in new]
+        if missing:
+            raise LayercutError(f"--resume: {flag} {show(new)} leaves out {show(missing)} of the sweep in "
+                                f"'{folder}' ({flag} {show(old)}): resume with all of them (more may be added)")
+        more = [x for x in new if x not in old]
+        if more:
+            setattr(spec, name, list(old) + more)
+            added.append(f"{name} {show(more)}")
+    return spec, added
+
+
+def _where(value: str | None) -> str | None:
+    """A calibration set as a comparable name: a file by its absolute path, else as given."""
+    if value is None:
+        return None
+    return str(Path(value).absolute()) if Path(value).is_file() else value
+
+
+def _same_file(copy: Path, given: str | None, kind: str) -> bool:
+    """Whether the file `given` holds what the sweep folder's copy holds (both parsed)."""
+    if given is None or not copy.is_file():
+        return False
+    if kind == "scores":
+        from layercut.scoring import LayerScores
+
+        return LayerScores.load(given).to_dict() == LayerScores.load(copy).to_dict()
+    from layercut.probe import DamageProfile
+
+    return asdict(DamageProfile.load(given)) == asdict(DamageProfile.load(copy))
+
+
 def parse_budgets(text: str) -> list[int]:
     """'0:16:2' (start:stop:step, stop inclusive), '0,2,4' or '6'."""
     try:
@@ -77,7 +175,11 @@ def parse_budgets(text: str) -> list[int]:
             step = parts[2] if len(parts) > 2 else 1
             if step <= 0:
                 raise ValueError
-            return list(range(start, stop + 1, step))
-        return [int(x) for x in text.split(",") if x.strip()]
+            budgets = list(range(start, stop + 1, step))
+        else:
+            budgets = [int(x) for x in text.split(",") if x.strip()]
     except ValueError:
         raise LayercutError(f"--budgets '{text}': use start:stop:step (e.g. 0:16:2) or a list like 0,2,4") from None
+    if not budgets or min(budgets) < 0:
+        raise LayercutError(f"--budgets '{text}': budgets are layer counts of 0 or more, e.g. 0:16:2 or 0,2,4")
+    return list(dict.fromkeys(budgets))

@@ -1,0 +1,373 @@
+"""The command line under faults, as a user meets it: the installed `layercut` console script run
+in a subprocess (never in-process), with the exit code, the stderr lines and the file system after.
+
+Ctrl-C is SIGINT sent to the child's own process group (as a terminal does); the child is started
+with SIGINT at its default action, since a child of a background job inherits it ignored.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+EXE = Path(sys.executable).parent / "layercut"
+ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "COLUMNS": "80", "OMP_NUM_THREADS": "1"}
+
+
+def layercut(*argv, timeout: int = 300) -> subprocess.CompletedProcess:
+    return subprocess.run([str(EXE), *map(str, argv)], capture_output=True, text=True, timeout=timeout, env=ENV)
+
+
+def start(*argv) -> subprocess.Popen:
+    """The console script in a process group of its own, SIGINT at its default action."""
+    return subprocess.Popen([str(EXE), *map(str, argv)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env=ENV, start_new_session=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+
+
+def ctrl_c(proc: subprocess.Popen) -> tuple[int, str, str]:
+    os.killpg(proc.pid, signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    return proc.returncode, out, err
+
+
+def lines(text: str) -> list[str]:
+    """Every line, blank ones included: "one line" means exactly one."""
+    return text.splitlines()
+
+
+def hidden(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir() if p.name.startswith("."))
+
+
+def wait_for(check, timeout: float = 180.0, proc: subprocess.Popen | None = None) -> None:
+    t0 = time.monotonic()
+    while not check():
+        if proc is not None and proc.poll() is not None:
+            raise AssertionError(f"finished before the event (exit {proc.returncode}): {proc.stderr.read()}")
+        if time.monotonic() - t0 > timeout:
+            raise AssertionError("timed out waiting")
+        time.sleep(0.02)
+
+
+def mapped(proc: subprocess.Popen, name: str) -> bool:
+    """Whether the process has `name` memory-mapped (the model's weights: it is loaded)."""
+    try:
+        return name in Path(f"/proc/{proc.pid}/maps").read_text()
+    except OSError:
+        return False
+
+
+@pytest.fixture
+def big_calib(tmp_path) -> Path:
+    """Enough samples that scoring the tiny model one by one takes many seconds."""
+    rows = [{"domain": "math" if i % 2 else "general",
+             "text": f"Question {i}: what is {i} plus {i}? The cat sat on the warm mat. Answer: {2 * i}." * 4}
+            for i in range(6000)]
+    path = tmp_path / "calib.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+# --- 1. Ctrl-C: exit 130, one line, nothing half-written ---------------------------------------
+
+
+def test_ctrl_c_during_scoring_exits_130_with_one_line_and_writes_nothing(tiny_text_dir, big_calib, tmp_path):
+    out = tmp_path / "runs" / "scores.json"
+    proc = start("score", "--model", tiny_text_dir, "--calib", big_calib, "--out", out, "--batch-size", "1")
+    wait_for(lambda: mapped(proc, "model.safetensors"), proc=proc)  # loaded: scoring is under way
+    time.sleep(1.0)
+    code, stdout, stderr = ctrl_c(proc)
+    assert code == 130, stderr
+    assert lines(stderr) == [f"interrupted: nothing was written to {out} or {out.with_suffix('.csv')}"], stderr
+    assert stdout == ""
+    assert not (tmp_path / "runs").exists() or list((tmp_path / "runs").iterdir()) == []
+
+
+def test_ctrl_c_during_a_sweep_keeps_the_finished_cells_and_says_how_many(tiny_text_dir, tmp_path):
+    out = tmp_path / "sweep"
+    argv = ["sweep", "--model", tiny_text_dir, "--methods", "last,uniform,random", "--budgets", "0:3:1",
+            "--tasks", "nll-math,nll-general", "--limit", "4", "--engine", "plain", "--batch-size", "1",
+            "--no-report", "--out", out]
+    proc = start(*argv)
+    log = out / "cells.jsonl"
+    wait_for(lambda: log.is_file() and log.read_text().count("\n") >= 2, proc=proc)
+    code, _, stderr = ctrl_c(proc)
+    assert code == 130, stderr
+    kept = [json.loads(line) for line in log.read_text().splitlines()]  # whole lines only
+    (line,) = lines(stderr)  # the progress bar goes with Ctrl-C
+    assert line == f"interrupted: {len(kept)} cells kept in {out}: rerun with --resume to continue", stderr
+    assert "Traceback" not in stderr
+    assert hidden(out) == []
+    # --resume evaluates only what is missing and ends where an uninterrupted sweep ends
+    done = layercut(*argv, "--resume")
+    assert done.returncode == 0, done.stderr
+    again = [json.loads(line) for line in log.read_text().splitlines()]
+    assert again[: len(kept)] == kept and len({r["key"] for r in again}) == len(again)
+
+
+def test_ctrl_c_before_a_new_sweeps_first_cell_leaves_no_folder(tiny_text_dir, big_calib, tmp_path):
+    """`iterative` plans on the calibration set before any cell: stopped there, nothing is kept."""
+    out = tmp_path / "sweep"
+    proc = start("sweep", "--model", tiny_text_dir, "--methods", "iterative", "--calib", big_calib,
+                 "--budgets", "0,4", "--tasks", "nll-math", "--limit", "1", "--out", out)
+    wait_for(lambda: mapped(proc, "model.safetensors"), proc=proc)
+    time.sleep(1.0)
+    code, _, stderr = ctrl_c(proc)
+    assert code == 130, stderr
+    assert lines(stderr) == [f"interrupted: nothing was written to {out}"], stderr
+    assert "Traceback" not in stderr and not out.exists() and hidden(tmp_path) == []
+
+
+# --- 2. option ranges: exit 2 and one line, never a traceback ----------------------------------
+
+
+@pytest.mark.parametrize("argv, option, allowed", [
+    (["score", "--model", "m", "--calib", "c", "--out", "o", "--batch-size", "0"], "--batch-size", "1 or more"),
+    (["score", "--model", "m", "--calib", "c", "--out", "o", "--max-length", "4"], "--max-length", "8 or more"),
+    (["heal", "--model", "m", "--out", "o", "--steps", "0"], "--steps", "1 or more"),
+    (["sweep", "--model", "m", "--out", "o", "--limit", "0"], "--limit", "1 or more"),
+    (["eval", "--model", "m", "--tasks", "nll-math", "--batch-size", "-3"], "--batch-size", "1 or more"),
+    (["report", "somewhere", "--replicates", "-1"], "--replicates", "0 or more"),
+])
+def test_an_option_out_of_range_is_one_line_and_exit_2(argv, option, allowed, tmp_path):
+    proc = subprocess.run([str(EXE), *argv], capture_output=True, text=True, timeout=120, env=ENV, cwd=tmp_path)
+    assert proc.returncode == 2, proc.stderr
+    (line,) = lines(proc.stderr)
+    assert line.startswith("error:") and option in line and f"(allowed: {allowed})" in line, line
+    assert "--help" in line and list(tmp_path.iterdir()) == []
+
+
+def test_usage_errors_are_one_line_too(tmp_path):
+    for argv, needle in ((["score", "--model", "m"], "Missing option"), (["score", "--bogus"], "No such option"),
+                         (["heal", "--model", "m", "--out", "o", "--steps", "x"], "--steps"),
+                         (["no-such-command"], "No such command")):
+        proc = subprocess.run([str(EXE), *argv], capture_output=True, text=True, timeout=120, env=ENV, cwd=tmp_path)
+        assert proc.returncode == 2, (argv, proc.stderr)
+        (line,) = lines(proc.stderr)
+        assert line.startswith("error:") and needle in line, (argv, line)
+
+
+# --- 3. a refused sweep leaves no folder ---------------------------------------------------------
+
+
+@pytest.fixture
+def scores_file(tiny_text_dir, tmp_path) -> Path:
+    calib = tmp_path / "c.jsonl"
+    calib.write_text("".join(json.dumps({"domain": d, "text": f"The cat {i} sat on the mat. {d}"}) + "\n"
+                             for i in range(3) for d in ("math", "general")))
+    path = tmp_path / "s.json"
+    proc = layercut("score", "--model", tiny_text_dir, "--calib", calib, "--out", path)
+    assert proc.returncode == 0, proc.stderr
+    return path
+
+
+@pytest.mark.parametrize("change, needle", [
+    (["--methods", "math,magic"], "unknown method 'magic'"),
+    (["--budgets", "0,-2"], "--budgets '0,-2'"),
+    (["--budgets", "0,9"], "budget 9"),
+    (["--tasks", "nll-math,nll-klingon"], "unknown task 'nll-klingon'"),
+    (["--methods", "math+guard"], "need a probe"),
+    (["--methods", "iterative"], "pass --calib"),
+    (["--methods", "math,nonmath", "--protect", "0,1,2,3,5"], "budget 2 >= 1 droppable"),
+])
+def test_a_refused_sweep_leaves_no_folder(change, needle, tiny_text_dir, scores_file, tmp_path):
+    out = tmp_path / "runs" / "sweep"
+    argv = {"--methods": "math", "--budgets": "0,2", "--tasks": "nll-math"}
+    argv.update(dict(zip(change[::2], change[1::2])))
+    proc = layercut("sweep", "--model", tiny_text_dir, "--scores", scores_file, "--limit", "1",
+                    *[x for kv in argv.items() for x in kv], "--out", out)
+    assert proc.returncode == 2, proc.stderr
+    (line,) = lines(proc.stderr)
+    assert line.startswith("error:") and needle in line, line
+    assert not (tmp_path / "runs").exists() and hidden(tmp_path) == []
+
+
+# --- 4. --resume with changed options ------------------------------------------------------------
+
+
+def test_resume_refuses_a_changed_option_and_extends_budgets_and_methods(tiny_text_dir, scores_file, tmp_path):
+    out = tmp_path / "sweep"
+    base = ["sweep", "--model", tiny_text_dir, "--scores", scores_file, "--tasks", "nll-math", "--limit", "2",
+            "--no-report", "--out", out]
+    proc = layercut(*base, "--methods", "math,last", "--budgets", "0,1")
+    assert proc.returncode == 0, proc.stderr
+    log = (out / "cells.jsonl").read_text()
+    spec = (out / "sweep.json").read_text()
+    for change, needle in (
+        (["--limit", "3"], "--limit 3 differs from the sweep in"),
+        (["--seed", "5"], "--seed 5 differs"),
+        (["--alpha", "0.9"], "--alpha 0.9 differs"),
+        (["--protect", "none"], "--protect none differs"),
+        (["--heal-steps", "1", "--calib", "builtin:text:1"], "differs"),
+    ):
+        argv = [*base, "--methods", "math,last", "--budgets", "0,1", "--resume"]
+        for flag, value in zip(change[::2], change[1::2]):
+            i = argv.index(flag) if flag in argv else None
+            if i is None:
+                argv += [flag, value]
+            else:
+                argv[i + 1] = value
+        proc = layercut(*argv)
+        assert proc.returncode == 2, (change, proc.stderr)
+        (line,) = lines(proc.stderr)
+        assert needle in line and "rerun with" in line, line
+        old = {"--limit": "--limit 2", "--seed": "--seed 0", "--alpha": "--alpha 0.5", "--protect": "--protect default"}
+        assert old.get(change[0], "") in line, line
+    proc = layercut(*base, "--methods", "last", "--budgets", "0,1", "--resume")
+    assert proc.returncode == 2 and "leaves out math" in proc.stderr, proc.stderr
+    assert (out / "cells.jsonl").read_text() == log and (out / "sweep.json").read_text() == spec
+
+    proc = layercut(*base, "--methods", "math,last,uniform", "--budgets", "0,1,2", "--resume")
+    assert proc.returncode == 0, proc.stderr
+    assert "adding methods uniform; budgets 2 (only their cells run)" in proc.stderr
+    new = (out / "cells.jsonl").read_text()
+    assert new.startswith(log) and len(new) > len(log)
+    saved = json.loads((out / "sweep.json").read_text())
+    assert saved["methods"] == ["math", "last", "uniform"] and saved["budgets"] == [0, 1, 2]
+    import pandas as pd
+
+    table = pd.read_csv(out / "results.csv")
+    assert sorted(set(table["budget"])) == [0, 1, 2] and set(table["method"]) == {"math", "last", "uniform"}
+
+
+# --- 5. a non-finite score is refused when the file loads ----------------------------------------
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_a_scores_file_with_nan_is_refused_at_load(bad, scores_file, tmp_path):
+    data = json.loads(scores_file.read_text())
+    data["domains"]["math"]["cosine"][3] = bad
+    broken = tmp_path / "broken.json"
+    broken.write_text(json.dumps(data))  # json writes NaN / Infinity
+    proc = layercut("select", "--scores", broken, "--method", "math", "--budget", "2")
+    assert proc.returncode == 2, proc.stderr
+    (line,) = lines(proc.stderr)
+    assert f"domain 'math' layer 3 has cosine {bad!r}" in line and "re-run `layercut score`" in line, line
+    assert proc.stdout == ""
+    assert not math.isfinite(bad)
+
+
+# --- 7. temporaries of killed runs ---------------------------------------------------------------
+
+
+def test_a_killed_prunes_temporary_is_removed_by_the_next_run(tiny_text_dir, tmp_path):
+    parent = tmp_path / "models"
+    out = parent / "pruned"
+    proc = start("prune", "--model", tiny_text_dir, "--drop", "2", "--out", out)
+    wait_for(lambda: parent.is_dir() and any(p.name.startswith(".pruned.tmp-") for p in parent.iterdir()),
+             proc=proc)
+    proc.kill()  # SIGKILL: nothing can clean up
+    proc.wait()
+    (left,) = [p for p in parent.iterdir() if p.name.startswith(".pruned.tmp-")]
+    assert not out.exists()
+    # a live run's temporary (this name, owned by a live process), another output's temporary and
+    # one without an owner (an older layercut's) are never removed
+    from layercut.io import _host
+
+    dead_pid = left.name[len(".pruned.tmp-"):].split("@")[0]
+    sleeper = subprocess.Popen(["sleep", "120"])
+    try:
+        live = parent / f".pruned.tmp-{sleeper.pid}@{_host()}-abcd1234"
+        other = parent / f".other.tmp-{dead_pid}@{_host()}-abcd1234"
+        old_style = parent / ".pruned.tmp-k2j3h4"
+        for path in (live, other, old_style):
+            path.mkdir()
+        done = layercut("prune", "--model", tiny_text_dir, "--drop", "2", "--out", out)
+        assert done.returncode == 0, done.stderr
+        notes = [x for x in lines(done.stderr) if x.startswith("note:")]
+        assert len(notes) == 2, done.stderr
+        assert any(f"removed '{left}'" in n and f"process {dead_pid} is gone" in n for n in notes), notes
+        assert any(str(old_style) in n and "not removed" in n for n in notes), notes
+        assert not left.exists() and live.is_dir() and other.is_dir() and old_style.is_dir()
+        assert (out / "config.json").is_file()
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+
+
+# --- 9. answers cut at max_new_tokens ------------------------------------------------------------
+
+
+def test_the_cut_rule_counts_only_answers_that_used_every_token_without_an_end(tiny_text_dir, monkeypatch):
+    """An answer is cut when it used all max_new_tokens with no end token and no stop string;
+    one that ended (EOS, or padding after it), stopped at a stop string, or was shorter, is not."""
+    import torch
+
+    from layercut import models
+    from layercut.evaluation import generate as gen
+    from layercut.evaluation.batching import Context
+
+    adapter = models.load(str(tiny_text_dir))
+    tok = adapter.tokenizer
+    eos, pad = tok.eos_token_id, tok.pad_token_id
+    word = tok("cat", add_special_tokens=False)["input_ids"][0]
+    stop_ids = tok("\n\n", add_special_tokens=False)["input_ids"]
+    rows = [[word, word, word],  # all 3 used, no end: cut
+            [word, eos, pad],  # ended
+            [word, *stop_ids][:3] + [word] * max(0, 2 - len(stop_ids)),  # reached the stop string
+            [word, word, eos]]  # ended on the last token
+    prompt = torch.tensor([[word, word]] * 4)
+
+    def fake(adapter, ctxs, prefix_len, prefix_cache, **kwargs):
+        assert kwargs["max_new_tokens"] == 3
+        return 2, torch.cat([prompt[: len(ctxs)], torch.tensor(rows[: len(ctxs)])], dim=1)
+
+    monkeypatch.setattr(gen, "_generate_batch", fake)
+    contexts = [Context(ids=torch.tensor([word, word]))] * 4
+    cut: list[bool] = []
+    gen.generate(adapter, contexts, 3, ["\n\n"], batch_size=4, truncated=cut)
+    assert cut == [True, False, False, False]
+    monkeypatch.setattr(gen, "_generate_batch", lambda *a, **k: (2, torch.cat(
+        [prompt, torch.tensor([[word, word]] * 4)], dim=1)))  # the batch stopped early: none cut
+    gen.generate(adapter, contexts, 3, [], batch_size=4, truncated=cut)
+    assert cut == [False] * 4
+
+
+@pytest.fixture
+def short_task(tmp_path) -> Path:
+    """A generation task whose answers cannot fit: 2 new tokens, no stop string."""
+    docs = [{"id": f"q{i}", "q": f"What is {i} plus {i}?", "a": str(2 * i)} for i in range(6)]
+    (tmp_path / "data.jsonl").write_text("".join(json.dumps(d) + "\n" for d in docs))
+    path = tmp_path / "short.yaml"
+    path.write_text("name: short\ndomain: math\nkind: generate\nsource: data.jsonl\n"
+                    "prompt: 'Question: {q}\\nAnswer:'\ntarget: '{a}'\nextractor: number\n"
+                    "metric: math_equiv\nuntil: []\nmax_new_tokens: 2\nlimit: 6\n")
+    return path
+
+
+def test_eval_and_the_report_show_the_cut_share_and_warn(tiny_text_dir, short_task, tmp_path):
+    from layercut import models
+    from layercut.evaluation import evaluate, prepare
+
+    adapter = models.load(str(tiny_text_dir))
+    details: list = []
+    metrics = evaluate(adapter, prepare(str(short_task), adapter), details=details)
+    expected = sum(d["truncated"] for d in details) / len(details)
+    assert metrics["truncated"] == expected > 0.05  # this seeded model never ends within 2 tokens
+
+    out = tmp_path / "metrics.json"
+    proc = layercut("eval", "--model", tiny_text_dir, "--tasks", short_task, "--out", out)
+    assert proc.returncode == 0, proc.stderr
+    assert "truncated" in proc.stdout
+    (warning,) = [x for x in lines(proc.stderr) if x.startswith("warning:")]
+    assert f"{expected:.0%} of the answers stopped at max_new_tokens" in warning
+    assert json.loads(out.read_text())[str(short_task)]["truncated"] == expected
+
+    sweep = tmp_path / "sweep"
+    proc = layercut("sweep", "--model", tiny_text_dir, "--methods", "last", "--budgets", "0,1",
+                    "--tasks", short_task, "--out", sweep)
+    assert proc.returncode == 0, proc.stderr
+    cells = [json.loads(x) for x in (sweep / "cells.jsonl").read_text().splitlines()]
+    assert all("truncated" in c["metrics"] for c in cells)
+    report = (sweep / "report" / "report.md").read_text()
+    assert "## Answers cut at max_new_tokens" in report and "generation cells cut more than 5%" in report
+    assert any(x.startswith("warning:") and "max_new_tokens" in x for x in lines(proc.stderr)), proc.stderr
