@@ -187,3 +187,26 @@ def test_split_model_probes_and_sweeps_like_the_whole_one(tiny_text_dir, map_fil
                          limit=2, device_map=dm)
         tables.append(run_sweep(spec, tmp_path / name).sort_values(["method", "budget", "metric"]))
     assert list(tables[0].value) == pytest.approx(list(tables[1].value), rel=1e-6)
+
+
+def test_split_model_reload_check_holds_one_copy(tiny_text_dir, tmp_path, monkeypatch):
+    """A dispatched model's check releases what its devices hold (offloaded weights are on 'meta'),
+    reloads with the renumbered map, and stays usable with the reloaded weights."""
+    dm = split_map(tiny_text_dir, disk_from=3)
+    adapter = models.load(str(tiny_text_dir), device_map=dm)
+    assert adapter.dispatched
+    cls = models.auto_class(adapter.family)
+    real, held = cls.from_pretrained, []
+
+    def spy(klass, *args, **kwargs):
+        held.append(sum(p.untyped_storage().nbytes() for p in adapter.model.parameters() if p.device.type != "meta"))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(cls, "from_pretrained", classmethod(spy))
+    inputs = surgery.probe_inputs(adapter)
+    recipe = surgery.prune(adapter, [1, 4], tmp_path / "out", inputs=inputs)
+    monkeypatch.undo()
+    assert held == [0] and recipe.verify["device_map"] and recipe.verify["max_abs_logit_diff"] == 0.0
+    reloaded = cls.from_pretrained(tmp_path / "out").eval()
+    with torch.no_grad():
+        assert torch.equal(adapter.model(**inputs, use_cache=False).logits, reloaded(**inputs, use_cache=False).logits)
