@@ -137,7 +137,7 @@ def test_sweep_engines_give_the_same_table(tiny_text_dir, tmp_path):
         assert (a["value"] - b["value"]).abs().max() <= 1e-5
 
 
-@pytest.mark.parametrize("path", ["tiny_text_dir", "tiny_llava_dir"])
+@pytest.mark.parametrize("path", ["tiny_text_dir", pytest.param("tiny_llava_dir", marks=pytest.mark.needs_data)])
 def test_iterative_on_the_engine_picks_as_plain_views(path, request):
     """`iterative` scores each greedy round's candidates through the engine (`loss_fn.many`):
     same losses and the same picks as a plain layer-skip view per candidate, for less work."""

@@ -128,18 +128,26 @@ def build_calib(out: str | Path, kind: str = "text", n_per_domain: int = 64, see
 def pool_ids(split: str) -> dict[str, set[str]]:
     """Every item a split may draw from, per finite source (rendered figures other than digits
     are split by `hash_split` of their content instead). calib and eval never share an id."""
+    ids = text_pool_ids(split)  # checks the split
+    open_q, yesno_q = images.easy_vqa_pool(split)
+    return {
+        **ids,
+        "easy-vqa": {x["id"] for x in open_q + yesno_q},
+        "skimage": {x["id"] for x in images.photo_pool(split)},
+        "sklearn-digits": {f"digits/{i}" for i in images.digit_pool(split)},
+    }
+
+
+def text_pool_ids(split: str) -> dict[str, set[str]]:
+    """`pool_ids` of the text sources only: the text tasks need no image set (layercut[data])."""
     _check_args("text", 1, 0, split)
     gsm8k, math_items = text.math_pool(split)
     chunks = text.general_pool(split)
-    open_q, yesno_q = images.easy_vqa_pool(split)
     return {
         "gsm8k": {x["id"] for x in gsm8k},
         "math": {x["id"] for x in math_items},
         "pydoc-topics": {x["id"] for x in chunks if x["source"] == "pydoc-topics"},
         "gutenberg-19362": {x["id"] for x in chunks if x["source"] == "gutenberg-19362"},
-        "easy-vqa": {x["id"] for x in open_q + yesno_q},
-        "skimage": {x["id"] for x in images.photo_pool(split)},
-        "sklearn-digits": {f"digits/{i}" for i in images.digit_pool(split)},
     }
 
 

