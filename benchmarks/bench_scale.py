@@ -27,6 +27,7 @@ import tempfile
 import time
 from pathlib import Path
 
+ROOT = Path(__file__).resolve().parent.parent
 SMALL = "qwen2.5-0.5b-instruct,qwen2.5-1.5b-instruct,qwen2.5-3b-instruct"
 DROP = 2  # layers pruned (the two after the first, so the protected ones stay)
 
@@ -54,16 +55,20 @@ def calibration(path: Path) -> Path:
 
 
 def bench(shape: str, work: Path, steps: list[str], env: dict[str, str]) -> dict:
-    from layercut import api
-    from layercut.models import shapes
-
+    # Everything heavy runs in children: a child's peak counts its parent's peak at fork time
+    # (Linux carries the pre-exec high-water mark into ru_maxrss), so this process stays small.
     t = time.perf_counter()
-    folder = Path(api.resolve_model(f"random:{shape}"))
+    build = subprocess.run([sys.executable, "-c", "import sys; from layercut import api; "
+                            "print(api.resolve_model('random:' + sys.argv[1]))", shape],
+                           env=env, capture_output=True, text=True, check=True)
+    folder = Path(build.stdout.strip().splitlines()[-1])
     built = time.perf_counter() - t
-    layers = shapes.config(shape).get_text_config(decoder=True).num_hidden_layers
+    config = json.loads((folder / "config.json").read_text())
+    layers = config.get("text_config", config)["num_hidden_layers"]
     model = size_gb(folder)
-    row: dict = {"shape": shape, "params_B": shapes.parameters(shape) / 1e9, "layers": layers,
-                 "model_GB": model, "build_s": built}
+    published = json.loads((ROOT / "layercut" / "models" / "shapes" / f"{shape}.json").read_text())["params"]
+    row: dict = {"shape": shape, "params_B": published / 1e9, "layers": layers, "model_GB": model,
+                 "build_s": built, "folder": str(folder)}
     cli = [str(Path(sys.executable).with_name("layercut"))]
     calib = calibration(work / "calib.jsonl")
     d = work / shape
@@ -115,9 +120,7 @@ def main() -> None:
                   f"(built in {row['build_s']:.0f} s), load {row['load_GB']:.2f} GB: " + "; ".join(parts),
                   flush=True)
             if not args.keep:
-                from layercut.zoo.cache import cache_dir
-
-                shutil.rmtree(cache_dir() / "random" / shape, ignore_errors=True)
+                shutil.rmtree(Path(row["folder"]), ignore_errors=True)
             shutil.rmtree(Path(tmp) / shape, ignore_errors=True)
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
