@@ -129,8 +129,9 @@ def _sweep(out: Path, console: Console, progress: Callable[[], Any] | None, budg
             df = api.sweep(spec, out / "sweep", progress=lambda d, t: bar.update(task, completed=d, total=t))
     else:
         df = api.sweep(spec, out / "sweep")
-    console.print(_budget_grid(df[df.task == "nll-math"],
-                               "nll-math (mean NLL of GSM8K gold solutions; lower is better)"))
+    for grid in _budget_grids(df[df.task == "nll-math"],
+                              "nll-math (mean NLL of GSM8K gold solutions; lower is better)", console.width):
+        console.print(grid)
     folder = write_report(out / "sweep")
     analysis = analyze(df)
     for s in analysis.domain_series():
@@ -284,8 +285,9 @@ def vlm_experiment(
     t_sweep = time.perf_counter() - t1
     for task_name, label in (("math-vision", "math-vision choice accuracy"),
                              ("general-vision", "general-vision choice accuracy")):
-        console.print(_budget_grid(df[(df.task == task_name) & (df.metric == "accuracy")],
-                                   f"{label} ({limit} held-out questions; higher is better)"))
+        for grid in _budget_grids(df[(df.task == task_name) & (df.metric == "accuracy")],
+                                  f"{label} ({limit} held-out questions; higher is better)", console.width):
+            console.print(grid)
     folder = write_report(sweep_dir)
     analysis = analyze(df)
     for s in analysis.series:
@@ -299,13 +301,27 @@ def vlm_experiment(
             "seconds": total, "seconds_scoring": t_score, "seconds_sweep": t_sweep}
 
 
-def _budget_grid(rows: Any, title: str) -> Table:
-    """One metric of a sweep as a budget x method table."""
+def _budget_grids(rows: Any, title: str, width: int = 80) -> list[Table]:
+    """One metric of a sweep as budget x method tables, the methods split over as many tables as
+    it takes for each to fit `width` columns (no value is cut to '0.…' in a narrow terminal)."""
     table = rows.pivot_table(index="budget", columns="method", values="value")
-    grid = Table(title=title)
-    grid.add_column("budget", justify="right")
-    for m in table.columns:
-        grid.add_column(m, justify="right")
-    for k, row in table.iterrows():
-        grid.add_row(str(k), *[f"{v:.2f}" for v in row])
-    return grid
+    methods = list(table.columns)
+    groups: list[list[str]] = [[]]
+    used = len("budget") + 4  # the budget column, its padding and the table's borders
+    for m in methods:
+        need = max(len(str(m)), 5) + 3
+        if groups[-1] and used + need > width:
+            groups.append([])
+            used = len("budget") + 4
+        groups[-1].append(m)
+        used += need
+    grids = []
+    for i, group in enumerate(groups):
+        grid = Table(title=title if len(groups) == 1 else f"{title} ({i + 1}/{len(groups)})")
+        grid.add_column("budget", justify="right")
+        for m in group:
+            grid.add_column(str(m), justify="right", no_wrap=True)
+        for k, row in table.iterrows():
+            grid.add_row(str(k), *[f"{row[m]:.2f}" for m in group])
+        grids.append(grid)
+    return grids

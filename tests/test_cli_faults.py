@@ -371,3 +371,104 @@ def test_eval_and_the_report_show_the_cut_share_and_warn(tiny_text_dir, short_ta
     report = (sweep / "report" / "report.md").read_text()
     assert "## Answers cut at max_new_tokens" in report and "generation cells cut more than 5%" in report
     assert any(x.startswith("warning:") and "max_new_tokens" in x for x in lines(proc.stderr)), proc.stderr
+
+
+# --- 6. harness chatter goes to OUT/harness.log --------------------------------------------------
+
+
+@pytest.mark.parametrize("verbose", [False, True])
+def test_harness_output_goes_to_the_sweeps_log_unless_verbose(verbose, tiny_text_dir, tmp_path):
+    pytest.importorskip("lm_eval")
+    from tests.test_bridges import write_lm_tasks
+
+    tasks = write_lm_tasks(tmp_path / "tasks")
+    out = tmp_path / "sweep"
+    argv = ["sweep", "--model", tiny_text_dir, "--methods", "last", "--budgets", "0,1", "--tasks",
+            "lm-eval:layercut_cloze", "--include-path", tasks, "--limit", "2", "--no-report", "--out", out]
+    proc = subprocess.run([str(EXE), *map(str, argv), *(["--verbose"] if verbose else [])], capture_output=True,
+                          text=True, timeout=600, env=ENV, cwd=tmp_path)  # cwd: not a git repository
+    assert proc.returncode == 0, proc.stderr
+    err = lines(proc.stderr)
+    if verbose:
+        assert "Running loglikelihood requests" in proc.stderr and "fatal: not a git repository" in proc.stderr
+        assert not (out / "harness.log").exists()
+        return
+    # layercut's own lines only: the note saying where the rest went, and the progress bar's last state
+    assert err[0] == f"note: lm-eval's and lmms-eval's own output goes to {out / 'harness.log'} (--verbose shows it here)"
+    assert len(err) == 2 and err[1].startswith("sweep ") and "2/2 evaluations" in err[1], err
+    log = (out / "harness.log").read_text()
+    assert "Running loglikelihood requests" in log and "fatal: not a git repository" in log
+    assert (out / "results.csv").is_file()
+
+
+# --- 8. help and tables at 80 columns ------------------------------------------------------------
+
+COMMANDS = ["score", "probe", "select", "prune", "heal", "sweep", "report", "eval", "tasks", "models", "methods",
+            "demo", "calib build", "zoo list", "zoo build", "zoo train", "zoo eval"]
+
+
+def test_every_commands_help_reads_at_80_columns():
+    """No name or value cut to '…', every option named in full, no line wider than 80; the
+    sweep's options in panels."""
+    from layercut.cli.app import app
+
+    import typer
+
+    click_app = typer.main.get_command(app)
+    for name in COMMANDS:
+        proc = subprocess.run([str(EXE), *name.split(), "--help"], capture_output=True, text=True, timeout=120,
+                              env={**ENV, "COLUMNS": "80"})
+        assert proc.returncode == 0, (name, proc.stderr)
+        text = proc.stdout
+        assert "…" not in text, (name, text)
+        assert max(len(line) for line in text.splitlines()) <= 80, name
+        command = click_app
+        for part in name.split():
+            command = command.commands[part]
+        for param in command.params:
+            for opt in param.opts:
+                assert opt in text, (name, opt)
+    sweep_help = subprocess.run([str(EXE), "sweep", "--help"], capture_output=True, text=True, timeout=120,
+                                env={**ENV, "COLUMNS": "80"}).stdout
+    for panel in ("What to sweep", "How methods choose", "How it runs", "Output"):
+        assert f"─ {panel} ─" in sweep_help
+
+
+def test_the_demos_budget_tables_are_split_to_fit_80_columns():
+    import io
+
+    import pandas as pd
+    from rich.console import Console
+
+    from layercut.demo import VLM_METHODS, _budget_grids
+
+    df = pd.DataFrame([{"budget": k, "method": m, "value": 0.4412} for k in range(0, 15, 2) for m in VLM_METHODS])
+    console = Console(width=80, file=io.StringIO(), record=True)
+    grids = _budget_grids(df, "math-vision choice accuracy (40 held-out questions; higher is better)", 80)
+    for grid in grids:
+        console.print(grid)
+    text = console.export_text()
+    assert len(grids) == 2 and "…" not in text and text.count("0.44") == 8 * len(VLM_METHODS)
+    assert all(m in text for m in VLM_METHODS)
+    assert len(_budget_grids(df, "t", 200)) == 1
+
+
+# --- the README as the user's page ---------------------------------------------------------------
+
+
+def test_the_readme_is_short_and_every_page_and_image_it_links_exists():
+    import re
+
+    root = Path(__file__).resolve().parents[1]
+    readme = (root / "README.md").read_text()
+    assert len(readme.splitlines()) <= 360
+    assert "## Reliability: what each fault gives" in readme
+    for page in ("install", "scale", "models", "regimes", "vlm", "engine", "probe", "harnesses", "devices",
+                 "healing", "benchmarks", "layout"):
+        assert f"(docs/{page}.md)" in readme, page
+    for doc in [root / "README.md", *sorted((root / "docs").glob("*.md"))]:
+        text = doc.read_text()
+        for target in re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", text):
+            if target.startswith("http"):
+                continue
+            assert (doc.parent / target).exists(), (doc.name, target)

@@ -10,22 +10,45 @@ import sys
 
 import typer
 
-from layercut.cli import info, stages, sweeps, ui
+from layercut.cli import info, stages, sweeps, ui, zoo
 from layercut.cli.zoo import zoo_app
 from layercut.errors import LayercutError
+
+def compact(command):
+    """Help that reads at 80 columns: short metavars (N, X, PATH, TEXT) instead of typer's
+    `<int range>`, and off-by-default switches as one flag (--overwrite, not --overwrite
+    --no-overwrite), so the names and the descriptions keep their room."""
+    import inspect
+
+    for name, p in inspect.signature(command).parameters.items():
+        info = p.default
+        if not isinstance(info, typer.models.OptionInfo):
+            continue
+        kind = str(p.annotation)
+        if "bool" in kind:
+            if info.default is False and not info.param_decls:
+                info.param_decls = ("--" + name.replace("_", "-"),)
+            continue
+        if info.metavar is None:
+            info.metavar = ("N" if "int" in kind else "X" if "float" in kind else "PATH" if "Path" in kind
+                            else "TEXT")
+    return command
+
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="The `layercut` command line: score, select, prune, heal, calib, models, demo.")
 for command in (stages.score, stages.probe, stages.select, stages.prune, stages.heal, sweeps.sweep,
                 sweeps.report):
-    app.command()(command)
-app.command("eval")(sweeps.eval_)
+    app.command()(compact(command))
+app.command("eval")(compact(sweeps.eval_))
 app.command("tasks")(info.tasks_)
 calib_app = typer.Typer(no_args_is_help=True, help="Calibration sets: build the built-in ones.")
-calib_app.command("build")(info.calib_build)
+calib_app.command("build")(compact(info.calib_build))
 app.add_typer(calib_app, name="calib")
 for command in (info.models, info.methods, info.demo):
-    app.command()(command)
+    app.command()(compact(command))
+for command in (zoo.build, zoo.train, zoo.eval_):
+    compact(command)  # registered by zoo's decorators; typer reads the options when it runs
 app.add_typer(zoo_app, name="zoo")
 
 

@@ -217,7 +217,8 @@ def heal(
     bar = ui.Bar(
         TextColumn("{task.description}"), BarColumn(),
         TextColumn("{task.completed}/{task.total} steps"), TextColumn("loss {task.fields[loss]}"),
-        TimeElapsedColumn(), TimeRemainingColumn(), console=ui.console,
+        TimeElapsedColumn(), TimeRemainingColumn(), console=ui.console, redirect_stdout=False,
+        redirect_stderr=False,
     )
     with bar:
         task = bar.add_task("healing", total=steps, loss="-")

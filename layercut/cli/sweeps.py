@@ -15,33 +15,34 @@ from layercut.errors import LayercutError
 
 
 def sweep(
-    model: str = typer.Option(..., help="Model folder, hub id or built-in name."),
-    out: Path = typer.Option(..., help="Sweep folder (results.parquet/csv, cells.jsonl, sweep.json)."),
-    scores: Optional[Path] = typer.Option(None, help="scores.json (needed by score-based methods)."),
-    methods: str = typer.Option("math,nonmath,mixed,bi,block,last,uniform,spacing", help="Comma-separated methods."),
-    budgets: str = typer.Option("0:12:2", help="start:stop:step (stop included) or a list like 0,2,4."),
-    tasks: str = typer.Option("nll-math,nll-general", help="Comma-separated tasks (see `layercut tasks`), task YAML files, or HARNESS:TASK[@DOMAIN] (lm-eval, lmms-eval)."),
-    include_path: Optional[Path] = typer.Option(None, help="Folder of extra harness task YAMLs (for lm-eval:/lmms-eval: tasks)."),
-    limit: Optional[int] = typer.Option(None, min=1, help="Examples per task (default: each task's own)."),
-    calib: Optional[str] = typer.Option(None, help="Calibration set (for `iterative`)."),
-    protect: str = typer.Option("default", help="'default' (first+last), 'none', or indices."),
-    allow: Optional[str] = typer.Option(None, help=ALLOW_HELP),
-    hybrid_threshold: Optional[int] = typer.Option(None, help="Budget where `hybrid` switches to spacing (default: found by the regime analysis)."),
-    alpha: float = typer.Option(0.5, help="Weight of math in `mixed`."),
-    seed: int = typer.Option(0),
-    batch_size: int = typer.Option(8, min=1),
-    executor: str = typer.Option("local", help="local | ray (RAY_ADDRESS picks a cluster; else a local one)."),
-    workers: Optional[int] = typer.Option(None, help="Ray actors (each loads the model once)."),
-    resume: bool = typer.Option(False, help="Continue a killed or extended sweep in --out."),
-    report: bool = typer.Option(True, help="Write the report when done."),
-    engine: str = typer.Option("trie", help="Teacher-forced tasks: trie (shared layer prefixes) | prefix (unpruned prefix only) | plain (layer-skip views). Same numbers."),
-    cache_mem: Optional[str] = typer.Option(None, help="Bound on cached hidden states, e.g. 2GiB, 500MB or 0.25 of free RAM (default 0.5)."),
-    probe: Optional[Path] = typer.Option(None, help="probe.json from `layercut probe` (for `damage` and --guard; else probed from --calib)."),
-    guard: bool = typer.Option(False, help="Also run every method guarded (NAME+guard: the probe's critical layers protected)."),
-    heal_steps: int = typer.Option(0, min=0, help="Also evaluate every cell after N LoRA steps on --calib (task TASK+healN in the results)."),
-    dtype: str = typer.Option("fp32", help="fp32 | bf16 | fp16."),
-    device_map: Optional[str] = typer.Option(None, help=DEVICE_MAP_HELP),
-    max_tokens_per_batch: Optional[int] = typer.Option(None, min=1, help="Generation: at most this many prompt + new tokens per batch, instead of --batch-size rows."),
+    model: str = typer.Option(..., help="Model folder, hub id or built-in name.", rich_help_panel="What to sweep", metavar="NAME"),
+    out: Path = typer.Option(..., help="Sweep folder (results.parquet/csv, cells.jsonl, sweep.json).", rich_help_panel="What to sweep", metavar="DIR"),
+    scores: Optional[Path] = typer.Option(None, help="scores.json (needed by score-based methods).", rich_help_panel="What to sweep", metavar="FILE"),
+    methods: str = typer.Option("math,nonmath,mixed,bi,block,last,uniform,spacing", show_default=False, help="Comma-separated methods (see `layercut methods`; default: math, nonmath, mixed, bi, block, last, uniform, spacing).", rich_help_panel="What to sweep", metavar="LIST"),
+    budgets: str = typer.Option("0:12:2", help="start:stop:step (stop included) or a list like 0,2,4.", rich_help_panel="What to sweep", metavar="RANGE"),
+    tasks: str = typer.Option("nll-math,nll-general", help="Comma-separated tasks (see `layercut tasks`), task YAML files, or HARNESS:TASK[@DOMAIN] (lm-eval, lmms-eval).", rich_help_panel="What to sweep", metavar="LIST"),
+    include_path: Optional[Path] = typer.Option(None, help="Folder of extra harness task YAMLs (for lm-eval:/lmms-eval: tasks).", rich_help_panel="What to sweep", metavar="DIR"),
+    limit: Optional[int] = typer.Option(None, min=1, help="Examples per task (default: each task's own).", rich_help_panel="What to sweep", metavar="N"),
+    calib: Optional[str] = typer.Option(None, help="Calibration set (for `iterative`).", rich_help_panel="What to sweep", metavar="SET"),
+    protect: str = typer.Option("default", help="'default' (first+last), 'none', or indices.", rich_help_panel="How methods choose", metavar="LAYERS"),
+    allow: Optional[str] = typer.Option(None, help=ALLOW_HELP, rich_help_panel="How methods choose", metavar="GUARDS"),
+    hybrid_threshold: Optional[int] = typer.Option(None, help="Budget where `hybrid` switches to spacing (default: found by the regime analysis).", rich_help_panel="How methods choose", metavar="K"),
+    alpha: float = typer.Option(0.5, help="Weight of math in `mixed`.", rich_help_panel="How methods choose", metavar="A"),
+    seed: int = typer.Option(0, rich_help_panel="How methods choose", metavar="N"),
+    batch_size: int = typer.Option(8, min=1, rich_help_panel="How it runs", metavar="N"),
+    executor: str = typer.Option("local", help="local | ray (RAY_ADDRESS picks a cluster; else a local one).", rich_help_panel="How it runs", metavar="NAME"),
+    workers: Optional[int] = typer.Option(None, help="Ray actors (each loads the model once).", rich_help_panel="How it runs", metavar="N"),
+    resume: bool = typer.Option(False, help="Continue a killed or extended sweep in --out.", rich_help_panel="Output"),
+    report: bool = typer.Option(True, help="Write the report when done.", rich_help_panel="Output"),
+    engine: str = typer.Option("trie", help="Teacher-forced tasks: trie (shared layer prefixes) | prefix (unpruned prefix only) | plain (layer-skip views). Same numbers.", rich_help_panel="How it runs", metavar="NAME"),
+    cache_mem: Optional[str] = typer.Option(None, help="Bound on cached hidden states, e.g. 2GiB, 500MB or 0.25 of free RAM (default 0.5).", rich_help_panel="How it runs", metavar="SIZE"),
+    probe: Optional[Path] = typer.Option(None, help="probe.json from `layercut probe` (for `damage` and --guard; else probed from --calib).", rich_help_panel="How methods choose", metavar="FILE"),
+    guard: bool = typer.Option(False, help="Also run every method guarded (NAME+guard: the probe's critical layers protected).", rich_help_panel="How methods choose"),
+    heal_steps: int = typer.Option(0, min=0, help="Also evaluate every cell after N LoRA steps on --calib (task TASK+healN in the results).", rich_help_panel="What to sweep", metavar="N"),
+    dtype: str = typer.Option("fp32", help="fp32 | bf16 | fp16.", rich_help_panel="How it runs", metavar="NAME"),
+    device_map: Optional[str] = typer.Option(None, help=DEVICE_MAP_HELP, rich_help_panel="How it runs", metavar="MAP"),
+    max_tokens_per_batch: Optional[int] = typer.Option(None, min=1, help="Generation: at most this many prompt + new tokens per batch, instead of --batch-size rows.", rich_help_panel="How it runs", metavar="N"),
+    verbose: bool = typer.Option(False, "--verbose", help="Show the harnesses' own output (lm-eval, lmms-eval) here instead of in OUT/harness.log.", rich_help_panel="Output"),
 ) -> None:
     """Evaluate every method at every budget on every task; weights load once."""
     from layercut import api, models
@@ -71,6 +72,15 @@ def sweep(
         ui.console.print(f"resuming {out}: " + (f"adding {'; '.join(added)} (only their cells run)" if added
                                                 else "finished cells are kept"), highlight=False, soft_wrap=True, markup=False)
     ui.on_interrupt(lambda: _kept(out, resume))
+    from layercut.evaluation.harness import VERBOSE_ENV, is_harness_task
+
+    if verbose:
+        import os
+
+        os.environ[VERBOSE_ENV] = "1"
+    elif any(is_harness_task(t) for t in spec.tasks) and executor == "local":
+        ui.console.print(f"note: lm-eval's and lmms-eval's own output goes to {out / 'harness.log'} "
+                         "(--verbose shows it here)", highlight=False, soft_wrap=True, markup=False)
     with ui.progress() as bar:
         task = bar.add_task("sweep", total=None, unit="evaluations")
         df = api.sweep(spec, out, resume=resume, executor=executor, workers=workers,

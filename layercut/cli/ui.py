@@ -27,11 +27,20 @@ _interrupt_note: Callable[[], str] = lambda: "nothing was written"
 
 
 def pin_consoles() -> None:
-    """Tie the consoles to the streams the command started with, so that a harness's redirection
-    of sys.stdout/sys.stderr (into OUT/harness.log) does not take our progress and results along."""
+    """Tie the consoles to copies of the streams the command started with, so that sending a
+    harness's output to OUT/harness.log (`evaluation.harness.quiet`, which redirects file
+    descriptors 1 and 2) leaves our progress and results on the console."""
     import sys
 
-    console.file, out_console.file = sys.stderr, sys.stdout
+    def pinned(stream: Any) -> Any:
+        try:
+            fd = os.dup(stream.fileno())
+        except (AttributeError, OSError, ValueError):  # not a real file (a test's capture): as it is
+            return stream
+        return os.fdopen(fd, "w", encoding=getattr(stream, "encoding", None) or "utf-8",
+                         errors=getattr(stream, "errors", None) or "strict", buffering=1)
+
+    console.file, out_console.file = pinned(sys.stderr), pinned(sys.stdout)
 
 
 def error(message: str) -> None:
@@ -93,6 +102,8 @@ def progress() -> Progress:
         TimeRemainingColumn(),
         console=console,
         transient=False,
+        redirect_stdout=False,  # others' prints go where they go (a harness's: to its log)
+        redirect_stderr=False,
     )
 
 

@@ -16,11 +16,15 @@ lm-eval gets the model object through its `HFLM` wrapper (with the tokenizer obj
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import inspect
+import os
 import re
+import sys
 from dataclasses import dataclass, field
-from typing import Any
+from pathlib import Path
+from typing import IO, Any, Iterator
 
 from layercut.errors import LayercutError
 
@@ -30,6 +34,39 @@ LISTING = {"lm-eval": "lm-eval ls tasks", "lmms-eval": "lmms-eval tasks list"}
 MATHY = re.compile(r"math|gsm|arith|geometr|chart|svamp|asdiv|aime|algebra")
 # What a task's scoring code says when it calls an LLM judge (MathVista, MathVerse, ... by default).
 JUDGE_MARKERS = ("openai", "api_key", "gpt-4", "gpt-3.5", "chat.completions", "azure")
+
+
+VERBOSE_ENV = "LAYERCUT_VERBOSE"  # set (e.g. by `layercut sweep --verbose`): harness output stays on the console
+
+
+@contextlib.contextmanager
+def quiet(log: str | Path | IO[str] | None) -> Iterator[None]:
+    """Send everything written to this process's stdout and stderr meanwhile (file descriptors 1
+    and 2: the harness's logging and loguru lines, tqdm bars, warnings, and subprocesses such as
+    the `git` of its version probe) to `log`, a file appended to or an open file; None, or
+    LAYERCUT_VERBOSE set, leaves them on the console. layercut's own consoles write to copies of
+    the original descriptors (`cli.ui.pin_consoles`), so its progress stays on the console."""
+    if log is None or os.environ.get(VERBOSE_ENV):
+        yield
+        return
+    with contextlib.ExitStack() as stack:
+        f = log if hasattr(log, "fileno") else stack.enter_context(open(log, "a", encoding="utf-8"))
+        for stream in (sys.stdout, sys.stderr):
+            with contextlib.suppress(Exception):
+                stream.flush()
+        saved = [os.dup(1), os.dup(2)]
+        try:
+            os.dup2(f.fileno(), 1)
+            os.dup2(f.fileno(), 2)
+            yield
+        finally:
+            for stream in (sys.stdout, sys.stderr):
+                with contextlib.suppress(Exception):
+                    stream.flush()
+            os.dup2(saved[0], 1)
+            os.dup2(saved[1], 2)
+            for fd in saved:
+                os.close(fd)
 
 
 def is_harness_task(name: str) -> bool:

@@ -34,7 +34,9 @@ Here: planning and `run_sweep`. `spec`: what a sweep is (sweep.json) and its uni
 
 from __future__ import annotations
 
+import os
 import shutil
+import tempfile
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
@@ -43,6 +45,8 @@ import pandas as pd
 from layercut.errors import LayercutError
 from layercut.selection import GUARD
 from layercut.sweep.log import COLUMNS, LOG_FILE, ResultsLog
+
+HARNESS_LOG = "harness.log"  # what lm-eval and lmms-eval print during a sweep (`harness.quiet`)
 from layercut.sweep.spec import (
     ENGINES,
     HEAL_TAG,
@@ -55,7 +59,7 @@ from layercut.sweep.spec import (
 )
 from layercut.sweep.workers import Worker, run_local, run_ray
 
-__all__ = ["COLUMNS", "HEAL_TAG", "LOG_FILE", "PROBE_FILE", "SPEC_FILE", "ResultsLog", "SweepSpec", "Unit",
+__all__ = ["COLUMNS", "HARNESS_LOG", "HEAL_TAG", "LOG_FILE", "PROBE_FILE", "SPEC_FILE", "ResultsLog", "SweepSpec", "Unit",
            "check_folder", "check_spec", "parse_budgets", "plan_selections", "resume_spec", "run_sweep"]
 
 
@@ -138,8 +142,11 @@ def run_sweep(
     # A resumed sweep's scores are its folder's copy (resume_spec checked --scores holds the same).
     scores = LayerScores.load(out / "scores.json" if resume else spec.scores) if spec.scores else None
     check_spec(spec, scores)
-    # Harness tasks load (and are checked: installed, known, offline) before the model does.
-    harnessed = {t: harness.prepare(t, spec.include_path) for t in spec.tasks if harness.is_harness_task(t)}
+    # Harness tasks load (and are checked: installed, known, offline) before the model does; what
+    # the harnesses print goes to OUT/harness.log (kept here until the folder is made).
+    chatter = tempfile.TemporaryFile("w+", encoding="utf-8")
+    with harness.quiet(chatter):
+        harnessed = {t: harness.prepare(t, spec.include_path) for t in spec.tasks if harness.is_harness_task(t)}
     domains = {t: harnessed[t].domain if t in harnessed else get_task(t).domain for t in spec.tasks}
     if spec.cache_mem is not None:
         from layercut.engine import parse_mem
@@ -176,6 +183,12 @@ def run_sweep(
             spec.probe = str(out / PROBE_FILE)
         if not resume or added:
             spec.save(out / SPEC_FILE)
+        if harnessed and not os.environ.get(harness.VERBOSE_ENV):
+            chatter.seek(0)
+            with open(out / HARNESS_LOG, "a", encoding="utf-8") as f:
+                f.write(chatter.read())
+            if worker is not None:
+                worker.harness_log = out / HARNESS_LOG
         log = ResultsLog(out, domains)
         return _run_phases(spec, out, log, phases, picks, scores, adapter, executor, path, worker, workers, progress)
     except BaseException:

@@ -43,6 +43,7 @@ class Worker:
         }
         self.shared: dict[str, Any] = {}  # task -> engine.SharedWork, made on first use
         self.heal_data: list | None = None  # calibration samples, read on the first healed cell
+        self.harness_log: Any = None  # where harness output goes (`harness.quiet`); None: the console
 
     def run_many(self, units: list[Unit]) -> Iterator[Result]:
         """Results as they finish: teacher-forced tasks through the shared-work engine (all of a
@@ -115,7 +116,8 @@ class Worker:
 
         prepared = self.prepared[task]
         if isinstance(prepared, harness.HarnessTask):
-            out = harness.run(self.adapter, prepared, limit=self.spec.limit, batch_size=self.spec.batch_size)
+            with harness.quiet(self.harness_log):
+                out = harness.run(self.adapter, prepared, limit=self.spec.limit, batch_size=self.spec.batch_size)
             res = harness.result(prepared, out)
             return res.metrics, {"higher_is_better": res.higher_is_better, "samples": res.samples, "docs": res.docs}
         details: list[dict] = []
