@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import math
 import os
 import re
 import shutil
@@ -17,7 +18,7 @@ import socket
 import sys
 import tempfile
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 from layercut.errors import LayercutError
 
@@ -183,6 +184,14 @@ def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+def refuse_nonfinite(cells: Iterable[tuple[str, Any]], source: str, fix: str) -> None:
+    """One line naming the first (where, value) that is not a finite number, e.g. a NaN score in an
+    edited file (sorting with NaN is undefined, so nothing may be chosen from it)."""
+    for where, v in cells:
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+            raise LayercutError(f"{source}: {where} {v!r}, not a finite number: {fix}")
 
 
 def sha256(path: str | Path) -> str:

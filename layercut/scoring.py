@@ -30,6 +30,7 @@ import torch
 
 from layercut.data.encode import Batch
 from layercut.errors import LayercutError
+from layercut.io import refuse_nonfinite
 
 SCOPES = ("all", "text", "image", "last")
 BLOCK_TOKENS = ("last", "scope")
@@ -154,10 +155,11 @@ class LayerScores:
                 f"scores file '{path}' is not a layercut scores.json ({exc.__class__.__name__}): "
                 "re-run `layercut score`"
             ) from None
-        if any(len(v.cosine) != scores.num_layers or len(v.angular) != scores.num_layers
-               for v in scores.domains.values()):
+        if any(len(v.cosine) != scores.num_layers for v in scores.domains.values()):
             raise LayercutError(f"scores file '{path}' is inconsistent (num_layers vs lists): re-run `layercut score`")
-        _check_finite(scores, path)
+        refuse_nonfinite([(f"domain '{n}' " + w.format(i=i, n=i + 1), v) for n, d in scores.domains.items() for w, r in [
+            ("layer {i} has cosine", d.cosine), ("layer {i} has angular", d.angular)] + [(f"block distance d({l}, {{n}}) is",
+            row) for l, row in enumerate(d.block_distance)] for i, v in enumerate(r)], f"scores file '{path}'", "re-run `layercut score`")
         return scores
 
     def to_frame(self) -> Any:
@@ -446,20 +448,3 @@ def score(
         num_layers=rec.L, domains=domains, scope=scope, block_tokens=block_tokens,
         model=getattr(adapter, "source", ""), meta=info,
     )
-
-
-def _check_finite(scores: LayerScores, path: Path) -> None:
-    """Refuse a scores file with a NaN, an infinity or a non-number where a score belongs: sorting
-    with NaN is undefined, so a selection from it would be arbitrary. layercut's own scoring never
-    writes one (a layer without tokens scores 0.0 with tokens 0), so the file was edited or damaged."""
-    for name, d in scores.domains.items():
-        for what, values in (("cosine", d.cosine), ("angular", d.angular)):
-            for i, v in enumerate(values):
-                if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
-                    raise LayercutError(f"scores file '{path}': domain '{name}' layer {i} has {what} {v!r}, "
-                                        "not a finite number: re-run `layercut score` (it never writes one)")
-        for l, row in enumerate(d.block_distance):
-            for j, v in enumerate(row):
-                if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
-                    raise LayercutError(f"scores file '{path}': domain '{name}' block distance d({l}, {j + 1}) "
-                                        f"is {v!r}, not a finite number: re-run `layercut score`")

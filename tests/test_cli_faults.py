@@ -251,7 +251,7 @@ def test_a_scores_file_with_nan_is_refused_at_load(bad, scores_file, tmp_path):
     proc = layercut("select", "--scores", broken, "--method", "math", "--budget", "2")
     assert proc.returncode == 2, proc.stderr
     (line,) = lines(proc.stderr)
-    assert f"domain 'math' layer 3 has cosine {bad!r}" in line and "re-run `layercut score`" in line, line
+    assert f"domain 'math' layer 3 has cosine {bad!r}, not a finite number: re-run `layercut score`" in line, line
     assert proc.stdout == ""
     assert not math.isfinite(bad)
 

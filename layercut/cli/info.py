@@ -100,6 +100,8 @@ def demo(
     if vlm:
         out = Path("runs/demo-vlm") if out == Path("runs/demo") else out
     check_out(out, overwrite=True)  # the demo replaces its folder; the place must take it
+    ui.on_interrupt(lambda: f"{out} holds what the demo finished so far (the next `layercut demo` replaces it)"
+                    if out.exists() else f"nothing was written to {out}")
     if vlm:
         run_vlm_demo(out, names, console=ui.out_console, progress=ui.progress, limit=vlm_limit)
         return
