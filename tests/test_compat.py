@@ -73,3 +73,25 @@ def test_generation_shares_a_common_prefix_cache(tiny_text_dir):
     n = common_prefix(contexts)
     assert n >= 40
     assert check_prefix(adapter, contexts, n)
+
+
+@pytest.mark.parametrize("family", FAMILY_IDS)
+def test_the_adapter_head_makes_the_model_logits(family):
+    """`Adapter.head` (the engine's tail) gives the forward's logits from the last layer's output:
+    Aya Vision's forward scales them by logit_scale from 5.25 on, not before."""
+    tiny = make_tiny(family)
+    adapter = models.Adapter.wrap(tiny.model)
+    inputs = adapter.complete_inputs(tiny.inputs(batch=1, pad=False))
+    seen = {}
+
+    def keep(module, args, output):
+        seen["last"] = output[0] if isinstance(output, tuple) else output
+
+    handle = adapter.decoder.layers[-1].register_forward_hook(keep)
+    try:
+        with torch.no_grad():
+            logits = tiny.model(**inputs, use_cache=False).logits
+    finally:
+        handle.remove()
+    with torch.no_grad():
+        assert torch.allclose(adapter.head(seen["last"]), logits, atol=1e-4, rtol=1e-4)

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from layercut.errors import LayercutError
+from layercut.models.compat import logit_scale
 from layercut.models.devices import (
     DEVICE_MAPS,
     parse_device_map,
@@ -270,8 +271,12 @@ class Adapter:
 
     def head(self, hidden: torch.Tensor) -> torch.Tensor:
         """Logits from the last decoder layer's output, as the model's own forward makes them:
-        the decoder's final norm, the LM head, then soft-capping where the config asks for it."""
+        the decoder's final norm, the LM head, the logit scale where this transformers applies
+        one (`compat.logit_scale`), then soft-capping where the config asks for it."""
         logits = self.model.get_output_embeddings()(self.decoder.norm(hidden))
+        scale = logit_scale(self.model)
+        if scale is not None:
+            logits = logits * scale
         cap = getattr(self.text_config, "final_logit_softcapping", None)
         return torch.tanh(logits / cap) * cap if cap else logits
 

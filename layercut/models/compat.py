@@ -16,6 +16,10 @@ test` runs them on constraints.txt's 5.24.0. Differences found, and how they are
   an IndexError on rows for the new tokens only; from 5.24 either is taken (a full one is sliced
   by the model). Extend them over the cached tokens, as the attention mask is, on every version.
 
+- Logit scaling. Aya Vision's forward multiplies its logits by `text_config.logit_scale` (as
+  Cohere2's causal LM always did) from 5.25; 5.17-5.24 return them unscaled. Code that makes
+  logits from hidden states itself (`Adapter.head`, the sweep engine's tail) asks `logit_scale`.
+
 Nothing else in the tested surface (decoder lookup, config edits and save, layer renumbering,
 hooks, image-token inputs, device maps) differs between these versions.
 """
@@ -26,6 +30,7 @@ import inspect
 from typing import Any
 
 import torch
+import transformers
 
 
 def cache_kwarg(model: Any) -> str:
@@ -43,6 +48,24 @@ def output_cache(output: Any) -> Any:
     """The KV cache a forward returned (`output.cache` from 5.24, `output.past_key_values` before)."""
     cache = getattr(output, "cache", None)
     return cache if cache is not None else getattr(output, "past_key_values", None)
+
+
+# model_type -> the first transformers version whose forward scales the logits by the text config's
+# `logit_scale` (Cohere2-based text models).
+LOGIT_SCALE_SINCE: dict[str, tuple[int, int]] = {"aya_vision": (5, 25)}
+
+
+def transformers_version() -> tuple[int, int]:
+    major, minor = transformers.__version__.split(".")[:2]
+    return int(major), int(minor)
+
+
+def logit_scale(model: Any) -> float | None:
+    """The factor this model's forward multiplies its logits by after the LM head, or None."""
+    since = LOGIT_SCALE_SINCE.get(getattr(model.config, "model_type", ""))
+    if since is None or transformers_version() < since:
+        return None
+    return float(model.config.get_text_config(decoder=True).logit_scale)
 
 
 def cover_cached(inputs: dict[str, torch.Tensor], cached: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
