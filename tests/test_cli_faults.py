@@ -472,3 +472,11 @@ def test_the_readme_is_short_and_every_page_and_image_it_links_exists():
             if target.startswith("http"):
                 continue
             assert (doc.parent / target).exists(), (doc.name, target)
+
+
+def test_a_rambling_answers_huge_number_is_just_wrong():
+    """Longer answers bring longer numbers: exact comparison, no float overflow."""
+    from layercut.evaluation.extract import is_equiv
+
+    assert is_equiv("1" + "0" * 400, "12") is False
+    assert is_equiv("12.0000001", "12") and is_equiv("1/2", "0.5") and not is_equiv("12.1", "12")
