@@ -159,8 +159,10 @@ def test_usage_errors_are_one_line_too(tmp_path):
 # --- 3. a refused sweep leaves no folder ---------------------------------------------------------
 
 
-@pytest.fixture
-def scores_file(tiny_text_dir, tmp_path) -> Path:
+@pytest.fixture(scope="module")
+def scores_file(tiny_text_dir, tmp_path_factory) -> Path:
+    """Scored once for the module (read only by the tests)."""
+    tmp_path = tmp_path_factory.mktemp("scores")
     calib = tmp_path / "c.jsonl"
     calib.write_text("".join(json.dumps({"domain": d, "text": f"The cat {i} sat on the mat. {d}"}) + "\n"
                              for i in range(3) for d in ("math", "general")))

@@ -106,7 +106,7 @@ def _warn_cut_cells(out: Path, df) -> None:
         (m, k, t), worst = max(over.items(), key=lambda kv: kv[1])
         ui.console.print(f"[bold yellow]warning:[/bold yellow] {len(over)} of {len(shares)} generation cells cut "
                          f"more than {TRUNCATION_WARN:.0%} of their answers at max_new_tokens (worst: {m} at k = {k} "
-                         f"on {t}, {worst:.0%}); cut answers count as wrong: raise the task's max_new_tokens",
+                         f"on {t}, {worst:.0%}); cut answers count as wrong: see the report",
                          highlight=False, soft_wrap=True)
 
 
@@ -209,6 +209,6 @@ def warn_truncated(task: str, share: Optional[float]) -> None:
 
     if isinstance(share, float) and share > TRUNCATION_WARN:
         ui.console.print(f"[bold yellow]warning:[/bold yellow] {task}: {share:.0%} of the answers stopped at "
-                         "max_new_tokens and count as wrong: raise the task's max_new_tokens (a task YAML) "
-                         "to score what the model meant to say", highlight=False, soft_wrap=True)
+                         "max_new_tokens and count as wrong: a long answer needs a larger max_new_tokens (a task "
+                         "YAML); a looping one ends at no limit", highlight=False, soft_wrap=True)
 

@@ -186,8 +186,9 @@ def _truncation_section(sweep: Sweep) -> list[tuple]:
         (m, k, t), worst = max(over.items(), key=lambda kv: kv[1])
         B.append(("p", (f"**Warning: {len(over)} of {len(sweep.truncated)} generation cells cut more than "
                         f"{TRUNCATION_WARN:.0%} of their answers** (worst: `{m}` at k = {k} on `{t}`, {worst:.0%}). "
-                        "A cut answer counts as wrong, so there the limit, not the model, lowers the accuracy: "
-                        "raise the task's max_new_tokens and re-run those cells.")))
+                        "A cut answer counts as wrong: where answers are long, the limit, not the model, lowers "
+                        "the accuracy (raise the task's max_new_tokens and re-run those cells); where they loop, "
+                        "no limit would end them.")))
     else:
         B.append(("p", f"Every generation cell cut at most {TRUNCATION_WARN:.0%} of its answers."))
     for task in dict.fromkeys(t for _, _, t in sweep.truncated):
