@@ -36,7 +36,7 @@ INSTALL: dict[str, str] = {
 def missing(module: str, feature: str) -> LayercutError:
     """The one-line error for a feature whose optional package is not installed."""
     how = INSTALL.get(module, f"pip install {module}")
-    return LayercutError(f"{feature} needs the {module} package, which is not installed: {how}")
+    return LayercutError(f"the {module} package is not installed (needed for {feature}): {how}")
 
 
 def require(module: str, feature: str) -> ModuleType:

@@ -26,10 +26,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, Iterator
 
+from layercut import extras
 from layercut.errors import LayercutError
 
 HARNESSES = ("lm-eval", "lmms-eval")
-INSTALL = "pip install -c constraints.txt -e '.[harness]'"
+INSTALL = extras.INSTALL["lm_eval"]  # the [harness] extra holds both harnesses
 LISTING = {"lm-eval": "lm-eval ls tasks", "lmms-eval": "lmms-eval tasks list"}
 MATHY = re.compile(r"math|gsm|arith|geometr|chart|svamp|asdiv|aime|algebra")
 # What a task's scoring code says when it calls an LLM judge (MathVista, MathVerse, ... by default).
