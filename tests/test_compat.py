@@ -15,9 +15,10 @@ import torch
 
 from layercut import models
 from layercut.evaluation import teacher
-from layercut.evaluation.batching import SEQ_KEYS, Context, Item
+from layercut.evaluation.batching import Context
 from layercut.evaluation.generate import check_prefix, common_prefix
 from layercut.models.compat import cache_kwarg, output_cache, with_cache
+from tests.test_evaluation import context_item
 from tests.tiny import FAMILY_IDS, TEXT_HI, TEXT_IDS, TEXT_LO, make_tiny
 
 
@@ -52,14 +53,7 @@ def test_candidates_share_the_context_cache(family):
     on 5.17 it silently fell back to plain rows while the cache went under the wrong name."""
     tiny = make_tiny(family)
     adapter = models.Adapter.wrap(tiny.model)
-    inputs = tiny.inputs(batch=1, pad=False)
-    ctx = Context(ids=inputs["input_ids"][0],
-                  seq={k: v[0] for k, v in inputs.items() if k in SEQ_KEYS and k != "attention_mask"},
-                  extras={k: v for k, v in inputs.items() if k not in SEQ_KEYS and k != "input_ids"})
-    gen = torch.Generator().manual_seed(1)
-    conts = [torch.randint(TEXT_LO, TEXT_HI, (n,), generator=gen) for n in (1, 3, 4)]
-    assert teacher.check_shared(adapter, Item(id="x", context=ctx, continuations=conts, gold=0,
-                                              chars=[1, 1, 1]))
+    assert teacher.check_shared(adapter, context_item(tiny))
 
 
 def test_generation_shares_a_common_prefix_cache(tiny_text_dir):

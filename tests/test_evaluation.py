@@ -182,19 +182,26 @@ def _plain_logprob(model, inputs: dict, cont: torch.Tensor) -> float:
     return sum(float(logp[T - 1 + j, cont[j]]) for j in range(len(cont)))
 
 
-@pytest.mark.parametrize("family", FAMILY_IDS)
-def test_candidate_scores_match_plain_forwards(family):
-    """Shared-context scoring (where the model supports it) and plain rows both equal one full
-    forward per candidate."""
-    tiny = _tiny(family)
-    adapter = models.Adapter.wrap(tiny.model)
+def context_item(tiny) -> Item:
+    """One choice item: the tiny model's own input (image included) as context, three seeded
+    candidates of 1, 3 and 4 text tokens."""
     inputs = tiny.inputs(batch=1, pad=False)
     ctx = Context(ids=inputs["input_ids"][0],
                   seq={k: v[0] for k, v in inputs.items() if k in SEQ_KEYS and k != "attention_mask"},
                   extras={k: v for k, v in inputs.items() if k not in SEQ_KEYS and k != "input_ids"})
     gen = torch.Generator().manual_seed(1)
     conts = [torch.randint(TEXT_LO, TEXT_HI, (n,), generator=gen) for n in (1, 3, 4)]
-    item = Item(id="x", context=ctx, continuations=conts, gold=0, chars=[1, 1, 1])
+    return Item(id="x", context=ctx, continuations=conts, gold=0, chars=[1, 1, 1])
+
+
+@pytest.mark.parametrize("family", FAMILY_IDS)
+def test_candidate_scores_match_plain_forwards(family):
+    """Shared-context scoring (where the model supports it) and plain rows both equal one full
+    forward per candidate."""
+    tiny = _tiny(family)
+    adapter = models.Adapter.wrap(tiny.model)
+    item = context_item(tiny)
+    inputs, ctx, conts = tiny.inputs(batch=1, pad=False), item.context, item.continuations
     with torch.no_grad():
         expected = [_plain_logprob(tiny.model, inputs, c) for c in conts]
         rows = [lp for lp, _ in teacher.score_continuations(adapter, [(ctx, c) for c in conts], 2)]
