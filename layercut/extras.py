@@ -56,8 +56,3 @@ def package_dir(module: str, feature: str) -> Path:
     if spec is None or not spec.submodule_search_locations:
         raise missing(module, feature)
     return Path(spec.submodule_search_locations[0])
-
-
-def have(module: str) -> bool:
-    """True when an optional package is installed (without importing it)."""
-    return importlib.util.find_spec(module) is not None

@@ -10,6 +10,7 @@ import time
 from typing import Any, Callable, Iterator
 
 from layercut.errors import LayercutError
+from layercut.extras import require
 from layercut.sweep.spec import SweepSpec, Unit
 
 
@@ -156,10 +157,7 @@ def run_ray(spec: SweepSpec, path: str, units: list[Unit], on_result: Callable, 
     free. An actor that dies is restarted by Ray (it reloads the model) and its chunk goes back
     to the front of the queue, for the next free actor; two losses of the same chunk end the
     sweep (the units already logged stay, so `--resume` picks up from there)."""
-    try:
-        import ray
-    except ImportError:
-        raise LayercutError("--executor ray needs Ray: pip install 'layercut[ray]'") from None
+    ray = require("ray", "--executor ray")
     if not ray.is_initialized():
         ray.init(address=os.environ.get("RAY_ADDRESS"), include_dashboard=False,
                  log_to_driver=False, num_cpus=workers)

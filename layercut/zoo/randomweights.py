@@ -14,8 +14,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from layercut.io import atomic_dir
-from layercut.zoo.cache import STAMP, cache_dir
+from layercut.zoo.cache import ZooEntry, materialise
 
 PREFIX = "random:"
 SEED = 0
@@ -32,19 +31,15 @@ def is_random(name: str) -> bool:
 
 
 def resolve(name: str) -> str:
-    """The cached folder of `random:NAME`, built on first use."""
+    """The cached folder of `random:NAME`, built on first use (rebuilt if the shape file changed)."""
     from layercut.models import shapes
 
     shape = name[len(PREFIX):]
-    shapes.shape(shape)  # a one-line error naming the known shapes
-    path = cache_dir() / "random" / shape
-    source = {"shape": shapes.shape(shape), "seed": SEED, "dtype": "bf16", "vocab": VOCAB}
-    stamp = path / STAMP
-    if not (stamp.is_file() and json.loads(stamp.read_text()).get("source") == source):
-        with atomic_dir(path, overwrite=True) as tmp:
-            build(shape, tmp)
-            (tmp / STAMP).write_text(json.dumps({"source": source}) + "\n")
-    return str(path)
+    spec = shapes.shape(shape)  # a one-line error naming the known shapes
+    source = json.dumps({"shape": spec, "seed": SEED, "dtype": "bf16", "vocab": VOCAB}, sort_keys=True)
+    entry = ZooEntry(f"random/{shape}", f"random weights of {spec['source']}'s shape",
+                     lambda out: build(shape, out), lambda: source)
+    return materialise(entry)
 
 
 def build(shape: str, out: Path) -> None:
