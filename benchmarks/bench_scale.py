@@ -29,6 +29,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 SMALL = "qwen2.5-0.5b-instruct,qwen2.5-1.5b-instruct,qwen2.5-3b-instruct"
+STEPS = ("score", "sweep", "prune", "heal")
 DROP = 2  # layers pruned (the two after the first, so the protected ones stay)
 
 
@@ -99,10 +100,15 @@ def bench(shape: str, work: Path, steps: list[str], env: dict[str, str]) -> dict
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--shapes", default=SMALL, help="comma-separated names of layercut.models.shapes")
-    ap.add_argument("--steps", default="score,sweep,prune,heal")
+    ap.add_argument("--steps", default=",".join(STEPS))
     ap.add_argument("--json", type=Path, help="also write the rows here")
     ap.add_argument("--keep", action="store_true", help="keep the random:NAME folders in the cache")
     args = ap.parse_args()
+    known = sorted(f.stem for f in (ROOT / "layercut" / "models" / "shapes").glob("*.json"))
+    if bad := [x for x in args.shapes.split(",") if x not in known]:
+        ap.exit(2, f"bench_scale: unknown shape '{bad[0]}': use one of {', '.join(known)}\n")
+    if bad := [x for x in args.steps.split(",") if x not in STEPS]:
+        ap.exit(2, f"bench_scale: unknown step '{bad[0]}': use one of {', '.join(STEPS)}\n")
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
            "TQDM_DISABLE": "1"}
     runtime, _ = peak_rss([sys.executable, "-c", "import torch, transformers, layercut.api, layercut.cli"], env)
@@ -128,4 +134,8 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except KeyboardInterrupt:  # the children got it too; their temporary folders are gone with them
+        print("bench_scale: interrupted, no figures written", file=sys.stderr)
+        sys.exit(130)
