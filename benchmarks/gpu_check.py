@@ -202,4 +202,8 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except KeyboardInterrupt:
+        print("gpu_check: interrupted, no figures written", file=sys.stderr)
+        sys.exit(130)
