@@ -178,13 +178,8 @@ def run_vlm_demo(
         side = {m: (r["analysis"], Uncertainty.load(r["report"] / "uncertainty.json")
                     if (r["report"] / "uncertainty.json").is_file() else None) for m, r in runs.items()}
         rows = side_by_side(side)
-        table = Table(title="The same experiment on each model (P: share of 1000 bootstrap resamples "
-                            "in which the claim holds)")
-        for col in rows[0]:
-            table.add_column(col)
-        for row in rows:
-            table.add_row(*row.values())
-        console.print(table)
+        for table in comparison_tables(rows):
+            console.print(table)
         cols = list(rows[0])
         block = ("table", cols, [[r.get(c, "") for c in cols] for r in rows])
         (out / "comparison.md").write_text(render_markdown([block]))
@@ -213,6 +208,22 @@ def side_by_side(runs: dict[str, tuple[Any, Any]]) -> list[dict[str, str]]:
             row["mean r, k = 2 / 4 / 8"] = " / ".join(_mean_r(s, k) for k in (2, 4, 8))
             rows.append(row)
     return rows
+
+
+def comparison_tables(rows: list[dict[str, str]]) -> list[Table]:
+    """`side_by_side` rows as one table per series with the models as columns and the fields as
+    rows: the wide form (a column per field) cuts every cell to '…' in an 80-column terminal."""
+    tables = []
+    for key in dict.fromkeys(r["series"] for r in rows):
+        mine = [r for r in rows if r["series"] == key]
+        table = Table(title=f"{key} on each model (P: share of 1000 bootstrap resamples in which the claim holds)")
+        table.add_column("")
+        for r in mine:
+            table.add_column(r["model"], overflow="fold")
+        for field in [f for f in mine[0] if f not in ("series", "model")]:
+            table.add_row(field, *[r.get(field, "") for r in mine])
+        tables.append(table)
+    return tables
 
 
 def _mean_r(s: Any, budget: int) -> str:

@@ -403,6 +403,36 @@ def test_harness_output_goes_to_the_sweeps_log_unless_verbose(verbose, tiny_text
     assert (out / "results.csv").is_file()
 
 
+def test_eval_harness_output_goes_to_a_log_and_cut_answers_are_counted(tiny_text_dir, tmp_path):
+    """`eval --harness lm-eval`: the harness's chatter goes beside --out, the console keeps
+    layercut's lines, and a generation task records the share of answers cut at max_gen_toks."""
+    pytest.importorskip("lm_eval")
+    from tests.test_bridges import write_lm_tasks
+
+    tasks = write_lm_tasks(tmp_path / "tasks")
+    gen = (tasks / "cloze.yaml").read_text().replace("layercut_cloze", "layercut_cloze_gen")
+    gen = gen.replace("output_type: multiple_choice", "output_type: generate_until")
+    gen = gen.replace('doc_to_choice: "{{choices}}"\ndoc_to_target: label',
+                      'doc_to_target: "{{choices[label]}}"\ngeneration_kwargs:\n  max_gen_toks: 3\n  until: ["<never>"]')
+    gen = gen.replace("metric: acc", "metric: exact_match")
+    (tasks / "cloze_gen.yaml").write_text(gen)
+    out = tmp_path / "metrics.json"
+    proc = subprocess.run([str(EXE), "eval", "--model", str(tiny_text_dir), "--harness", "lm-eval", "--tasks",
+                           "layercut_cloze_gen,layercut_cloze", "--include-path", str(tasks), "--limit", "4",
+                           "--out", str(out)], capture_output=True, text=True, timeout=600, env=ENV, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    log = out.with_name("metrics.json.harness.log")
+    err = lines(proc.stderr)
+    assert f"note: lm-eval's own output goes to {log} (--verbose shows it here)" in err
+    assert not any("Running" in line or "fatal:" in line for line in err), err
+    assert "fatal: not a git repository" in log.read_text() and "Running generate_until requests" in log.read_text()
+    metrics = json.loads(out.read_text())
+    # a random tiny model never meets "<never>" within 3 tokens (EOS aside): every answer is cut
+    assert metrics["layercut_cloze_gen"]["truncated"] == 1.0
+    assert "truncated" not in metrics["layercut_cloze"]  # a loglikelihood task generates nothing
+    assert "stopped at max_new_tokens" in proc.stderr  # the > 5 % warning
+
+
 # --- 8. help and tables at 80 columns ------------------------------------------------------------
 
 COMMANDS = ["score", "probe", "select", "prune", "heal", "sweep", "report", "eval", "tasks", "models", "methods",
@@ -434,6 +464,33 @@ def test_every_commands_help_reads_at_80_columns():
                                 env={**ENV, "COLUMNS": "80"}).stdout
     for panel in ("What to sweep", "How methods choose", "How it runs", "Output"):
         assert f"─ {panel} ─" in sweep_help
+
+
+def test_the_vlm_demos_comparison_reads_at_80_columns():
+    """The side-by-side comparison of `demo --vlm`: every value whole (folded, never '…'), no
+    line wider than 80."""
+    import io
+
+    from rich.console import Console
+
+    from layercut.demo import comparison_tables
+
+    rows = [{"series": f"{task}:accuracy", "model": model,
+             "regime 1": "k = 0–4: bi, block, general, iterative, last, math, mixed, random, spacing",
+             "regime 2": "k = 6–8: angular, math-guard, uniform", "regime 3": "not found",
+             "H1": "supported (P 0.97)", "H2": "not supported (P 0.12)", "H3": "supported (P 0.88)",
+             "mean r, k = 2 / 4 / 8": "0.98 / 0.91 / 0.55"}
+            for task in ("math-vision", "general-vision") for model in ("tiny-llava", "tiny-llava-nodrop")]
+    console = Console(width=80, file=io.StringIO(), record=True)
+    tables = comparison_tables(rows)
+    assert len(tables) == 2
+    for table in tables:
+        console.print(table)
+    text = console.export_text()
+    assert "…" not in text and max(len(line) for line in text.splitlines()) <= 80
+    for row in rows:
+        for word in " ".join(row.values()).split():  # a wrapped cell breaks between words only
+            assert word in text, word
 
 
 def test_the_demos_budget_tables_are_split_to_fit_80_columns():

@@ -299,3 +299,30 @@ def test_a_lost_ray_actor_is_restarted_and_its_units_redone(tiny_text_dir, lm_ta
     keys = [json.loads(line)["key"] for line in (out / LOG_FILE).read_text().splitlines()]
     distinct = {(r.task, tuple(sorted(r.drop.split(",")))) for r in local.itertuples()}
     assert len(keys) == len(set(keys)) == len(distinct), "every unit logged exactly once"
+
+
+def test_truncated_share_counts_answers_that_ran_to_their_limit(tiny_text_dir):
+    """lm-eval logs (context, gen_kwargs) per request; lmms-eval a flat list with the kwargs
+    dict; an answer counts as cut when its re-tokenised length reaches its limit (within 2 %,
+    at least 2 tokens); loglikelihood samples (no kwargs dict) count for nothing."""
+    from transformers import AutoTokenizer
+
+    from layercut.evaluation.harness import truncated_share
+
+    tok = AutoTokenizer.from_pretrained(tiny_text_dir)
+    words = " ".join(["apple"] * 40)
+    n = len(tok(words, add_special_tokens=False)["input_ids"])
+    short = " ".join(["apple"] * 3)
+    lm_eval_samples = [
+        {"arguments": [("Q:", {"until": ["\n"], "max_gen_toks": n})], "resps": [[words]]},  # at the limit
+        {"arguments": [("Q:", {"until": ["\n"], "max_gen_toks": n + 1})], "resps": [[words]]},  # within 2 tokens
+        {"arguments": [("Q:", {"until": ["\n"], "max_gen_toks": n + 10})], "resps": [[words]]},  # stopped early
+        {"arguments": [("Q:", {"max_new_tokens": n})], "resps": [[short]]},  # alias, short answer
+        {"arguments": [("Q:", " mat")], "resps": [[(-1.0, True)]]},  # loglikelihood
+    ]
+    assert truncated_share(lm_eval_samples, tok) == 0.5
+    lmms_samples = [{"arguments": ["Q:", {"max_new_tokens": n}, 0, "task", "test"], "resps": [words]},
+                    {"arguments": ["Q:", {}, 1, "task", "test"], "resps": [words]}]  # default limit 256
+    assert truncated_share(lmms_samples, tok) == 0.5
+    assert truncated_share(lmms_samples, tok, default=n) == 1.0
+    assert truncated_share([lm_eval_samples[-1]], tok) is None

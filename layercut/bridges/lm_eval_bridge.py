@@ -44,9 +44,11 @@ def run_lm_eval(
     from layercut.evaluation import harness
 
     loaded = harness.load("lm-eval", list(tasks), include_path, include_defaults)
-    out = harness.run(adapter, ("lm-eval", *loaded), limit=limit, batch_size=batch_size, log_samples=False,
+    out = harness.run(adapter, ("lm-eval", *loaded), limit=limit, batch_size=batch_size, log_samples=True,
                       num_fewshot=num_fewshot, **options)
-    return {task: plain_metrics(metrics) for task, metrics in out.get("results", {}).items()}
+    shares = harness.task_shares(out, adapter.tokenizer)
+    return {task: {**plain_metrics(metrics), **({"truncated": shares[task]} if task in shares else {})}
+            for task, metrics in out.get("results", {}).items()}
 
 
 def plain_metrics(metrics: dict[str, Any]) -> dict[str, Any]:

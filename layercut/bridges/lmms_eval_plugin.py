@@ -115,9 +115,11 @@ def run_lmms_eval(
     from layercut.evaluation import harness
 
     loaded = harness.load("lmms-eval", list(tasks), include_path, include_defaults)
-    out = harness.run(adapter, ("lmms-eval", *loaded), limit=limit, batch_size=batch_size, log_samples=False,
+    out = harness.run(adapter, ("lmms-eval", *loaded), limit=limit, batch_size=batch_size, log_samples=True,
                       **options)
-    return {task: plain_metrics(metrics) for task, metrics in out.get("results", {}).items()}
+    shares = harness.task_shares(out, adapter.tokenizer)
+    return {task: {**plain_metrics(metrics), **({"truncated": shares[task]} if task in shares else {})}
+            for task, metrics in out.get("results", {}).items()}
 
 
 def parse_drop(value: Any) -> list[int]:

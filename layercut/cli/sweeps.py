@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Optional
 
@@ -75,8 +76,6 @@ def sweep(
     from layercut.evaluation.harness import VERBOSE_ENV, is_harness_task
 
     if verbose:
-        import os
-
         os.environ[VERBOSE_ENV] = "1"
     elif any(is_harness_task(t) for t in spec.tasks) and executor == "local":
         ui.console.print(f"note: lm-eval's and lmms-eval's own output goes to {out / 'harness.log'} "
@@ -154,11 +153,14 @@ def eval_(
     dtype: str = typer.Option("fp32", help="fp32 | bf16 | fp16."),
     device_map: Optional[str] = typer.Option(None, help=DEVICE_MAP_HELP),
     out: Optional[Path] = typer.Option(None, help="Write the metrics as JSON."),
+    verbose: bool = typer.Option(False, "--verbose", help="Show the harness's own output here instead of in a log file."),
 ) -> None:
     """Evaluate a model (optionally with layers skipped) on tasks."""
     from layercut import api, surgery
     from layercut.io import atomic_file, check_out
 
+    if harness not in ("layercut", "lm-eval", "lmms-eval"):
+        raise LayercutError(f"unknown harness '{harness}': use layercut, lm-eval or lmms-eval")
     if out is not None:
         check_out(out)
         ui.writes(out)
@@ -177,18 +179,19 @@ def eval_(
                     prepared = prepare(name, adapter, limit=limit)
                     results[name] = evaluate(adapter, prepared, batch_size=batch_size, judge_url=judge_url,
                                              max_tokens_per_batch=max_tokens_per_batch)
-        elif harness == "lm-eval":
-            from layercut.bridges.lm_eval_bridge import run_lm_eval
-
-            results = run_lm_eval(adapter, names, include_path=str(include_path) if include_path else None,
-                                  limit=limit, batch_size=batch_size)
-        elif harness == "lmms-eval":
-            from layercut.bridges.lmms_eval_plugin import run_lmms_eval
-
-            results = run_lmms_eval(adapter, names, include_path=str(include_path) if include_path else None,
-                                    limit=limit, batch_size=batch_size)
         else:
-            raise LayercutError(f"unknown harness '{harness}': use layercut, lm-eval or lmms-eval")
+            from layercut.bridges.lm_eval_bridge import run_lm_eval
+            from layercut.bridges.lmms_eval_plugin import run_lmms_eval
+            from layercut.evaluation.harness import quiet
+
+            log = None if verbose else _harness_log(out)
+            if log is not None:
+                ui.console.print(f"note: {harness}'s own output goes to {log} (--verbose shows it here)",
+                                 highlight=False, soft_wrap=True, markup=False)
+            run = run_lm_eval if harness == "lm-eval" else run_lmms_eval
+            with quiet(log), ui.console.status(f"{harness}: evaluating {', '.join(names)}"):
+                results = run(adapter, names, include_path=str(include_path) if include_path else None,
+                              limit=limit, batch_size=batch_size)
     table = Table(title=f"{model}" + (f" without layers {drop_list}" if drop_list else ""))
     for col in ("task", "metric", "value"):
         table.add_column(col)
@@ -201,6 +204,18 @@ def eval_(
     if out is not None:
         with atomic_file(out) as tmp:
             tmp.write_text(json.dumps(results, indent=1) + "\n")
+
+
+def _harness_log(out: Optional[Path]) -> Path:
+    """Where `eval --harness` sends the harness's output: beside --out, else a fresh file in the
+    system's temporary folder (its name is printed)."""
+    import tempfile
+
+    if out is not None:
+        return out.with_name(out.name + ".harness.log")
+    fd, name = tempfile.mkstemp(prefix="layercut-harness-", suffix=".log")
+    os.close(fd)
+    return Path(name)
 
 
 def warn_truncated(task: str, share: Optional[float]) -> None:

@@ -37,6 +37,9 @@ MATHY = re.compile(r"math|gsm|arith|geometr|chart|svamp|asdiv|aime|algebra")
 JUDGE_MARKERS = ("openai", "api_key", "gpt-4", "gpt-3.5", "chat.completions", "azure")
 
 
+# The answer limit when a task sets none: lm-eval's `HFLM.max_gen_toks` and `LmmsBackend`'s.
+DEFAULT_MAX_NEW = 256
+LIMIT_KEYS = ("max_gen_toks", "max_new_tokens", "max_tokens", "max_completion_tokens")  # lm-eval's precedence
 VERBOSE_ENV = "LAYERCUT_VERBOSE"  # set (e.g. by `layercut sweep --verbose`): harness output stays on the console
 
 
@@ -195,8 +198,9 @@ def run(adapter: Any, task: HarnessTask | tuple[str, Any, list[Any]], *, limit: 
     return out or {}  # None on a non-zero rank of a distributed run
 
 
-def result(task: HarnessTask, out: dict[str, Any]) -> HarnessResult:
-    """The sweep's view of one task's harness output."""
+def result(task: HarnessTask, out: dict[str, Any], tokenizer: Any = None) -> HarnessResult:
+    """The sweep's view of one task's harness output; with the tokenizer, a generation task's
+    metrics also hold "truncated" (`truncated_share`)."""
     results = out.get("results", {})
     name = task.name if task.name in results else (next(iter(results)) if len(results) == 1 else None)
     if name is None:
@@ -217,6 +221,9 @@ def result(task: HarnessTask, out: dict[str, Any]) -> HarnessResult:
     n = out.get("n-samples", {}).get(name, {})
     metrics["n"] = float(n.get("effective", n.get("original", 0)) if isinstance(n, dict) else 0)
     samples = [s for t in out.get("samples", {}).values() for s in t]
+    share = truncated_share(samples, tokenizer) if tokenizer is not None else None
+    if share is not None:
+        metrics["truncated"] = share
     return HarnessResult(metrics, higher, samples, per_document(samples, set(higher)))
 
 
@@ -235,7 +242,42 @@ def per_document(samples: list[dict], metrics: set[str]) -> dict[str, tuple[list
     return {m: ([v for _, v in sorted(by_doc.items())], [1.0] * len(by_doc)) for m, by_doc in found.items()}
 
 
+def truncated_share(samples: list[dict], tokenizer: Any, default: int = DEFAULT_MAX_NEW) -> float | None:
+    """The share of generated answers that ran to their token limit; None when nothing was generated.
+
+    Harnesses log answers as text, so an answer counts as cut when its re-tokenised length is
+    within 2 % (at least 2 tokens) of the limit its request asked for: one that met a stop
+    sequence or EOS ends before it and falls short, while decoding and re-encoding a cut answer
+    can merge a token or two."""
+    cut = total = 0
+    for sample in samples:
+        kwargs = next((a for a in _flat(sample.get("arguments", [])) if isinstance(a, dict)), None)
+        if kwargs is None:  # a loglikelihood request: (context, continuation)
+            continue
+        limit = next((int(kwargs[k]) for k in LIMIT_KEYS if kwargs.get(k)), default)
+        for text in _flat(sample.get("resps", [])):
+            if isinstance(text, str):
+                total += 1
+                cut += len(tokenizer(text, add_special_tokens=False)["input_ids"]) >= limit - max(2, limit // 50)
+    return cut / total if total else None
+
+
+def task_shares(out: dict[str, Any], tokenizer: Any) -> dict[str, float]:
+    """{task: `truncated_share`} of a harness output logged with samples, for generation tasks."""
+    shares = {name: truncated_share(samples, tokenizer) for name, samples in out.get("samples", {}).items()}
+    return {name: share for name, share in shares.items() if share is not None}
+
+
 # --------------------------------------------------------------------------- helpers
+
+
+def _flat(value: Any) -> Iterator[Any]:
+    """The leaves of nested lists and tuples (a logged sample's arguments and answers)."""
+    if isinstance(value, (list, tuple)):
+        for v in value:
+            yield from _flat(v)
+    else:
+        yield value
 
 
 def _manager(harness: str, include_path: str | None, include_defaults: bool) -> Any:

@@ -119,7 +119,7 @@ class Worker:
         if isinstance(prepared, harness.HarnessTask):
             with harness.quiet(self.harness_log):
                 out = harness.run(self.adapter, prepared, limit=self.spec.limit, batch_size=self.spec.batch_size)
-            res = harness.result(prepared, out)
+            res = harness.result(prepared, out, self.adapter.tokenizer)
             return res.metrics, {"higher_is_better": res.higher_is_better, "samples": res.samples, "docs": res.docs}
         details: list[dict] = []
         metrics = evaluate(self.adapter, prepared, batch_size=self.spec.batch_size, details=details,
