@@ -4,7 +4,7 @@ Every method is a pure function of (scores, budget, constraints); nothing here t
 Protected layers (by default the first and the last) are never dropped, and every tie goes to the
 lower layer index, so the same inputs always give the same selection. A method is a row of
 `METHODS`; any domain name in the scores also works as a method ("math": the k layers with the
-highest s^math, i.e. the ones that change math tokens least).
+highest s^math, i.e. the ones that change math tokens least). INTERLACE also names layers to train.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 
+from layercut import interlace
 from layercut.errors import LayercutError
 from layercut.scoring import DomainScores, LayerScores
 
@@ -35,6 +36,10 @@ class Selection:
     num_layers: int
     protect: list[int]  # layers that were never candidates, sorted
     params: dict[str, Any] = field(default_factory=dict)  # what the method used: alpha, min_gap, seed, ...
+
+    @property
+    def train(self) -> list[int]:  # layers to fine-tune in full, one per drop (INTERLACE; else [])
+        return [int(i) for i in self.params.get("train", [])]
 
     def kept(self) -> list[int]:
         dropped = set(self.drop)
@@ -112,11 +117,9 @@ def select(
     droppable = L - len(protected)
     if budget < 0:
         raise LayercutError(f"budget {budget} is negative: use a budget between 0 and {droppable - 1}")
-    if budget and budget >= droppable:
-        raise LayercutError(
-            f"budget {budget} >= {droppable} droppable layers ({L} layers, {len(protected)} protected): "
-            f"use a budget of at most {droppable - 1}"
-        )
+    if budget and budget >= droppable and not entry.own_budget:  # interlace: its own, lower limit
+        raise LayercutError(f"budget {budget} >= {droppable} droppable layers ({L} layers, {len(protected)} "
+                            f"protected): use a budget of at most {droppable - 1}")
     if entry.needs_scores and scores is None:
         raise LayercutError(f"method '{method}' needs layer scores: run `layercut score` and pass its scores")
     if damage is not None and len(damage) != L:
@@ -180,6 +183,7 @@ class Method:
     run: Callable[[_Request], tuple[list[int], dict[str, Any]]]  # -> (drop in chosen order, params)
     description: str  # one line, shown by `layercut methods`
     needs_scores: bool = True
+    own_budget: bool = False  # the method checks the budget itself (interlace: one drop per triplet)
 
 
 # ---- the methods, in the order of METHODS ---------------------------------------------------
@@ -340,6 +344,11 @@ def _damage(r: _Request) -> tuple[list[int], dict[str, Any]]:
     return sorted(known, key=lambda i: (r.damage[i], i))[:r.budget], {}
 
 
+def _interlace(r: _Request, variant: str) -> tuple[list[int], dict[str, Any]]:
+    stats, names = _domain_scores(r.scores, r.domain)  # the rule lives in module `interlace`
+    return interlace.choose(stats, names, r.scores.block_tokens, r.num_layers, r.budget, r.protect, variant)
+
+
 METHODS: dict[str, Method] = {
     "domain": Method(_by_domain, "k highest cosine on domain= (or name the domain itself as the method)"),
     NONMATH: Method(_nonmath, "k highest cosine on every domain but math, pooled by token count"),
@@ -357,6 +366,7 @@ METHODS: dict[str, Method] = {
     "hybrid": Method(_hybrid, "domain ranking below threshold=, spacing-constrained from it on (ours)"),
     "damage": Method(_damage, "k layers whose single-drop calibration NLL rise is smallest (layercut probe)",
                      needs_scores=False),
+    **{v: Method(lambda r, v=v: _interlace(r, v), d, own_budget=True) for v, d in interlace.DESCRIPTIONS.items()},
 }
 GUARD = "+guard"  # method suffix: protect the probe's critical layers first
 

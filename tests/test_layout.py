@@ -26,7 +26,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("data",),
     ("models",),
     ("scoring",),
-    ("selection", "regimes"),
+    ("selection", "regimes", "interlace"),
     ("surgery", "card"),
     ("evaluation",),
     ("engine",),

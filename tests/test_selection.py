@@ -73,6 +73,7 @@ def test_registry_lists_every_method_with_a_description():
     assert list(METHODS) == [
         "domain", "nonmath", "mixed", "mixed-rank", "bi", "block",
         "last", "uniform", "spacing", "random", "iterative", "hybrid", "damage",
+        "interlace", "interlace-oa", "interlace-tn",
     ]  # fmt: skip
     assert all(m.description for m in METHODS.values())
 
@@ -334,7 +335,7 @@ def test_iterative_ties_and_errors():
 
 
 def test_unknown_method_lists_methods(scores):
-    with pytest.raises(LayercutError, match=r"unknown method 'foo': use one of domain, nonmath, .*iterative, hybrid, damage .*math"):
+    with pytest.raises(LayercutError, match=r"unknown method 'foo': use one of domain, nonmath, .*iterative, hybrid, damage, interlace, interlace-oa, interlace-tn .*math"):
         select(scores, "foo", 2)
     with pytest.raises(LayercutError, match="unknown method 'math'.*with scores"):
         select(None, "math", 2, num_layers=L)
