@@ -10,7 +10,7 @@ import sys
 
 import typer
 
-from layercut.cli import info, stages, sweeps, ui, zoo
+from layercut.cli import info, pick, stages, sweeps, ui, zoo
 from layercut.cli.zoo import zoo_app
 from layercut.errors import LayercutError
 
@@ -38,7 +38,7 @@ def compact(command):
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="The `layercut` command line: score, select, prune, heal, calib, models, demo.")
 for command in (stages.score, stages.probe, stages.select, stages.prune, stages.heal, sweeps.sweep,
-                sweeps.report):
+                sweeps.report, pick.pick):
     app.command()(compact(command))
 app.command("eval")(compact(sweeps.eval_))
 app.command("tasks")(info.tasks_)
