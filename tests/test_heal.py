@@ -108,3 +108,86 @@ def test_heal_errors(tiny_text_dir, text_calib, tmp_path, capsys):  # noqa: F811
         heal(adapter, api.calibration(str(text_calib)), steps=1, lr=0.0)
     with pytest.raises(LayercutError, match="lower --lr"):
         heal(adapter, api.calibration(str(text_calib)), steps=2, lr=1e30, measure=False)
+
+
+# ---- interleaved healing (INTERLACE): exactly the named layers, in full --------------------------
+
+
+def test_interleaved_heal_changes_only_the_named_layers(tiny_text_dir, text_calib):  # noqa: F811
+    adapter = api.load_model(str(tiny_text_dir))
+    kept = surgery.drop_layers(adapter, [2, 3])  # original 1 and 4 are now layers 1 and 2
+    state = {k: v.clone() for k, v in adapter.model.state_dict().items()}
+    grads = {n: p.requires_grad for n, p in adapter.model.named_parameters()}
+    stats = heal(adapter, api.calibration(str(text_calib)), steps=12, lr=3e-3, seed=0, batch_size=4,
+                 train_layers=[1, 4], kept=kept)
+    assert stats.mode == "interleaved" and stats.train_layers == [1, 4] and stats.layers == 2
+    assert stats.rank == 0 and stats.merged and stats.target_modules == 2
+    assert stats.trainable_parameters == sum(p.numel() for i in (1, 2) for p in adapter.layers[i].parameters())
+    assert stats.calib_nll_after["all"] < stats.calib_nll_before["all"]
+    after = adapter.model.state_dict()
+    named = tuple(f"model.layers.{i}." for i in (1, 2))
+    inside = [k for k in state if k.startswith(named)]
+    assert inside and set(after) == set(state)
+    assert all(not torch.equal(after[k], state[k]) for k in inside)  # every tensor of them trained
+    assert all(torch.equal(after[k], state[k]) for k in state if k not in inside)  # the rest bit-identical
+    assert {n: p.requires_grad for n, p in adapter.model.named_parameters()} == grads
+
+
+def test_interleaved_healed_view_is_undone_bit_for_bit(tiny_text_dir, text_calib):  # noqa: F811
+    adapter = api.load_model(str(tiny_text_dir))
+    samples = api.calibration(str(text_calib))
+    inputs = surgery.probe_inputs(adapter)
+    state = {k: v.clone() for k, v in adapter.model.state_dict().items()}
+    originals = list(adapter.layers)  # inside the view, state_dict keys follow the new numbering
+
+    def moved() -> list[int]:
+        return [i for i, layer in enumerate(originals) for k, v in layer.state_dict().items()
+                if not torch.equal(v, state[f"model.layers.{i}.{k}"])]
+
+    with surgery.skipped(adapter, [3]) as kept:
+        plain = logits(adapter.model, inputs)
+        with healed(adapter, samples, steps=4, lr=3e-3, measure=False, train_layers=[4], kept=kept) as stats:
+            assert not stats.merged and stats.train_layers == [4]
+            assert not torch.equal(plain, logits(adapter.model, inputs))
+            assert set(moved()) == {4}
+        assert torch.equal(plain, logits(adapter.model, inputs)) and not moved()
+    assert all(torch.equal(v, adapter.model.state_dict()[k]) for k, v in state.items())
+
+
+def test_interleaved_heal_command_reads_the_interlace_recipe(tiny_text_dir, text_calib, tmp_path):  # noqa: F811
+    from layercut.heal import heal_checkpoint
+
+    pruned = tmp_path / "pruned"
+    recipe = api.prune(str(tiny_text_dir), str(text_calib), out=pruned, method="interlace", budget=1)
+    train = recipe.params["train"]
+    assert len(train) == 1 and train[0] in recipe.kept
+    stats = heal_checkpoint(str(pruned), tmp_path / "healed", interleaved=True, steps=4, lr=3e-3)
+    assert stats.mode == "interleaved" and stats.train_layers == train and stats.data == str(text_calib)
+    saved = json.loads((tmp_path / "healed" / "layercut_recipe.json").read_text())
+    assert saved["heal"]["verify"]["max_abs_logit_diff"] == 0.0
+    now = f"model.layers.{recipe.kept.index(train[0])}."
+    with safe_open(str(pruned / "model.safetensors"), "pt") as a, \
+            safe_open(str(tmp_path / "healed" / "model.safetensors"), "pt") as b:
+        assert set(a.keys()) == set(b.keys())  # noqa: SIM118 - safe_open is no dict
+        changed = {k for k in a.keys() if not torch.equal(a.get_tensor(k), b.get_tensor(k))}  # noqa: SIM118
+    assert changed and all(k.startswith(now) for k in changed)
+
+
+def test_interleaved_errors(tiny_text_dir, text_calib, tmp_path):  # noqa: F811
+    from layercut.heal import heal_checkpoint
+
+    adapter = api.load_model(str(tiny_text_dir))
+    kept = surgery.drop_layers(adapter, [2, 3])
+    samples = api.calibration(str(text_calib))
+    for bad in ([2], [], [1, 1]):
+        with pytest.raises(LayercutError, match=r"must be distinct kept layers .*original index$"):
+            heal(adapter, samples, steps=1, train_layers=bad, kept=kept)
+    with pytest.raises(LayercutError, match="kept names 6 layers but the model has 4"):
+        heal(adapter, samples, steps=1, train_layers=[1], kept=range(6))
+    pruned = tmp_path / "pruned"
+    api.prune(str(tiny_text_dir), str(text_calib), out=pruned, method="math", budget=1)
+    with pytest.raises(LayercutError, match="not pruned by an INTERLACE method"):
+        heal_checkpoint(str(pruned), tmp_path / "h", interleaved=True, steps=1)
+    with pytest.raises(LayercutError, match="use one"):
+        heal_checkpoint(str(pruned), tmp_path / "h", interleaved=True, train_layers=[1], steps=1)
+    assert not (tmp_path / "h").exists()
