@@ -8,7 +8,9 @@ The analysis flows one way through three submodules, each holding its part of th
   series       the results table validated and read as series of r; the noise floor's ingredients
                (q_m, sigma); the statistics of each budget (`BudgetStats`); `kendall_tau_b`
   changepoint  the change-point rule: the boundaries k2 and k3, and the three `Regime`s
-  verdicts     the claims H1, H2, H3 (`Claim`), each with the numbers behind it
+  verdicts     the claims H1-H3 (the regimes) and H4, H5 (the paper's own method: most stable in
+               regime 1, no worse than structure-aware baselines beyond it), each a `Claim` with
+               the numbers behind it
 This file puts them together: `analyze`, the results of a series and of a sweep, and their
 serialisation.
 
@@ -48,10 +50,23 @@ from layercut.regimes.series import (
     task_raw,
     validated_table,
 )
-from layercut.regimes.verdicts import FAILS, HOLDS, UNTESTABLE, Claim, judge_claims
+from layercut.regimes.verdicts import (
+    BASELINES,
+    DEFINITIONS,
+    FAILS,
+    HOLDS,
+    STRUCTURE_AWARE,
+    UNTESTABLE,
+    Claim,
+    domain_aware,
+    judge_claims,
+    judge_ours,
+)
 
 __all__ = [
+    "BASELINES",
     "CONTIGUOUS",
+    "DEFINITIONS",
     "FAILS",
     "FORMAT",
     "HOLDS",
@@ -60,6 +75,7 @@ __all__ = [
     "REQUIRED",
     "RULE",
     "SPACING_AWARE",
+    "STRUCTURE_AWARE",
     "TIE",
     "UNTESTABLE",
     "Analysis",
@@ -70,6 +86,7 @@ __all__ = [
     "SeriesAnalysis",
     "analyze",
     "compare_hybrid",
+    "domain_aware",
     "hybrid_threshold",
     "kendall_tau_b",
     "range_quantile",
@@ -100,7 +117,7 @@ class SeriesAnalysis:
     noise: dict[str, Any]  # what eps was made of
     budget_stats: list[BudgetStats]
     regimes: list[Regime]  # always three, index 1..3
-    claims: list[Claim]  # always H1, H2, H3
+    claims: list[Claim]  # always H1 .. H5
 
     @property
     def key(self) -> str:
@@ -235,7 +252,8 @@ def analyze(
     domains: list[RawSeries] = []
     for (domain, metric) in dict.fromkeys((t.domain, t.metric) for t in tasks):
         domains.append(domain_raw(domain, metric, [t for t in tasks if (t.domain, t.metric) == (domain, metric)]))
-    series = [_analyse(raw, fam, rel_floor, confidence) for raw in tasks + domains]
+    series = [_analyse(raw, fam, rel_floor, confidence, [t for t in tasks if raw.kind == "domain"
+                       and t.name in raw.tasks and t.metric == raw.metric]) for raw in tasks + domains]
 
     metrics = list(dict.fromkeys(s.metric for s in series))
     primary = next((m for m in PRIMARY_METRICS if m in metrics), None)
@@ -296,7 +314,8 @@ def compare_hybrid(
 # --------------------------------------------------------------------------- helpers
 
 
-def _analyse(raw: RawSeries, fam: dict[str, list[str]], rel_floor: float, confidence: float) -> SeriesAnalysis:
+def _analyse(raw: RawSeries, fam: dict[str, list[str]], rel_floor: float, confidence: float,
+             tasks: list[RawSeries]) -> SeriesAnalysis:
     m = len(raw.methods)
     q = range_quantile(m, confidence)
     eps = max(rel_floor, q * raw.sigma) if raw.sigma is not None else rel_floor
@@ -313,7 +332,7 @@ def _analyse(raw: RawSeries, fam: dict[str, list[str]], rel_floor: float, confid
     for s in stats:
         s.regime = seg.assignment.get(s.budget)
     regimes = [regime_of(i, seg, stats, raw) for i in (1, 2, 3)]
-    claims = judge_claims(seg, stats, eps, m, fam, raw.methods)
+    claims = judge_claims(seg, stats, eps, m, fam, raw.methods) + judge_ours(seg, raw, tasks, eps)
     return SeriesAnalysis(
         kind=raw.kind, name=raw.name, metric=raw.metric, domain=raw.domain, tasks=raw.tasks,
         higher_is_better=raw.higher_is_better, methods=raw.methods, budgets=raw.budgets, baseline=raw.baseline,

@@ -8,8 +8,8 @@ cell's value is recomputed from its per-document values (a weighted mean: the to
 document for nll, weight 1 for accuracies), and `analyze` runs again on the resampled table.
 
 Out (`Uncertainty`): a percentile interval for every cell; the distribution of each series'
-boundaries k2 and k3 over the replicates; for each series the share of replicates in which H1,
-H2 and H3 hold; and for each task series and budget, whether each method's difference from the
+boundaries k2 and k3 over the replicates; for each series the share of replicates in which each
+claim (H1 .. H5) holds; and for each task series and budget, whether each method's difference from the
 budget's leader (paired, replicate by replicate) keeps its sign across the interval. A (task,
 metric) whose cells lack per-document values (e.g. a perplexity a harness aggregates its own
 way, or a sweep written before cells stored them) is held at its value and listed in `fixed`.
@@ -117,7 +117,7 @@ def bootstrap(
         for s in analysis.series:
             k2.setdefault(s.key, []).append(NONE if s.k2 is None else str(s.k2))
             k3.setdefault(s.key, []).append(NONE if s.k3 is None else str(s.k3))
-            tally = holds.setdefault(s.key, {"H1": 0, "H2": 0, "H3": 0})
+            tally = holds.setdefault(s.key, {c.id: 0 for c in s.claims})
             for c in s.claims:
                 tally[c.id] += c.verdict == HOLDS
         if progress is not None:

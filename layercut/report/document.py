@@ -105,8 +105,9 @@ def build_document(sweep: Sweep, a: Analysis, figures: list[Figure], u: Uncertai
 
     B.append(("h", 2, "Claims"))
     B.append(("table", ["series", "H1 method matters at low k", "H2 convergence", "H3 structure at high k"],
-              [[f"`{s.key}`"] + [c.verdict for c in s.claims] for s in a.series]))
+              [[f"`{s.key}`"] + [s.claim(h).verdict for h in ("H1", "H2", "H3")] for s in a.series]))
     B.extend(claim_blocks(a, u))
+    B.extend(_ours_blocks(a, u))
     for s in a.series:
         B.append(("p", f"**{s.key}**"))
         B.append(("ul", [f"**{c.id}** ({c.statement}): **{c.verdict}** — {c.reason}" for c in s.claims]))
@@ -170,6 +171,18 @@ def build_document(sweep: Sweep, a: Analysis, figures: list[Figure], u: Uncertai
         B.append(("table", ["k", "methods", "spread", "std", "rel. spread", "τ_b(k, next)", "leader(s)",
                             "near-best", "regime"], rows))
     return B
+
+
+def _ours_blocks(a: Analysis, u: Uncertainty | None) -> list[tuple]:
+    """H4 and H5 (the paper's claims about its own method), defined, with their shares."""
+    ids = ("H4", "H5")
+    p = "" if u is None else f" (P: the share of the {u.replicates} resamples in which it holds)"
+    rows = [[f"`{s.key}`"] + [s.claim(h).verdict + ("" if u is None or h not in u.verdicts.get(s.key, {})
+                                                   else f" (P {u.verdicts[s.key][h]:.2f})") for h in ids]
+            for s in a.series]
+    return [("p", "**The paper's claims about its own method**, each measure lower-is-better:"),
+            ("ul", list(regimes.DEFINITIONS)),
+            ("table", ["series", "H4 ours most stable in regime 1" + p, "H5 ours ≥ structure-aware − ε later"], rows)]
 
 
 def _truncation_section(sweep: Sweep) -> list[tuple]:
