@@ -238,3 +238,30 @@ def test_the_report_frontier_section_and_figure(sweep_dir, tmp_path):
     md = render_markdown(blocks)
     assert "**k = 4 with `b`**" in md and "`layercut prune --model smollm2-135m --drop 20,21,22,23" in md
     assert "The next budget, k = 6, would cost" in md
+
+
+def test_the_frontier_says_when_it_has_point_estimates_only(tmp_path):
+    from layercut.report import read_sweep
+    from layercut.report.frontier import frontier_blocks
+
+    old = read_sweep(write_sweep(tmp_path / "old", docs=False))
+    blocks = frontier_blocks(old, tmp_path, replicates=50)
+    assert "point estimates only: no cell of cells.jsonl holds per-document values" in blocks[1][1]
+    assert "**k = 4 with `b`**" in next(b[1] for b in blocks if b[0] == "p" and b[1].startswith("**Pick"))
+    s = read_sweep(write_sweep(tmp_path / "new"))
+    assert "point estimates only: the report was written with 0" in frontier_blocks(s, tmp_path, replicates=0)[1][1]
+    s.docs = {k: v for k, v in s.docs.items() if k[2] != "nll-general"}  # one task without documents
+    assert "point estimates only: the cells of task 'nll-general' hold no per-document values" in \
+        frontier_blocks(s, tmp_path, replicates=50)[1][1]
+
+
+def test_cells_on_different_documents_are_not_paired(sweep_dir):
+    from layercut.report import read_sweep
+
+    s = read_sweep(sweep_dir)
+    key = ("a", 2, "nll-math", "nll")
+    s.docs[key] = (s.docs[key][0][:10], s.docs[key][1][:10])
+    with pytest.raises(LayercutError, match=r"different numbers of documents \(10, 20\)"):
+        pick(s.results, s.docs, {"math": 0.9}, replicates=10)
+    general = pick(s.results, s.docs, {"general": 0.9}, replicates=10).chosen  # math is not read
+    assert (general.budget, general.method) == (6, "c")  # c keeps .95 of general at k = 6, a .93

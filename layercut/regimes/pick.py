@@ -86,9 +86,7 @@ class Pick:
 
     def to_dict(self) -> dict[str, Any]:
         """The answer as plain JSON values (the retention table left out: it is the sweep's)."""
-        d = asdict(self)
-        d.pop("retention")
-        return d
+        return {k: asdict(v) if isinstance(v, Cell) else v for k, v in vars(self).items() if k != "retention"}
 
 
 # --------------------------------------------------------------------------- public functions
@@ -248,10 +246,14 @@ def _draws(df: pd.DataFrame, docs: DocValues, tasks: dict[str, np.ndarray],
     for task, rows in tasks.items():
         got = [docs.get((str(df.at[i, "method"]), int(df.at[i, "budget"]), task, metric)) for i in rows]
         sizes = {len(g[0]) for g in got if g is not None}
-        if any(g is None for g in got) or len(sizes) != 1 or sizes == {0}:
+        if any(g is None for g in got) or sizes == {0}:
             raise LayercutError(f"the cells of task '{task}' hold no per-document values for {metric} (a sweep "
                                 "written before layercut stored them, or a harness's own aggregate), so there is "
                                 "no lower bound: re-run the sweep, or pick on point estimates (--point-estimates)")
+        if len(sizes) != 1:
+            raise LayercutError(f"the cells of task '{task}' hold per-document values of {metric} on different "
+                                f"numbers of documents ({', '.join(map(str, sorted(sizes)))}), so they cannot be "
+                                "resampled in pairs: re-run the sweep, or pick on point estimates (--point-estimates)")
         w = np.stack([np.asarray(g[1], float) for g in got])
         out.append((sizes.pop(), rows, np.stack([np.asarray(g[0], float) for g in got]) * w, w))
     return out

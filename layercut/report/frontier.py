@@ -15,8 +15,7 @@ import shlex
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
+from layercut.errors import LayercutError
 from layercut.regimes.pick import HEAL_TAG, Cell, Pick, Retention, choose, retention, unmet
 from layercut.report.plotting import budget_axis, panel_grid, save_png
 from layercut.report.sweep_folder import Figure, Sweep
@@ -30,9 +29,16 @@ def frontier_blocks(sweep: Sweep, folder: Path, *, share: float = DEFAULT_SHARE,
     """The report's frontier section: a table per budget, the pick for keeping `share` on every
     unhealed domain with its command, and the figure (written into `folder`). Point estimates,
     said so, where the sweep holds no per-document values or `replicates` is 0."""
-    point = not sweep.docs or replicates == 0
-    ret = retention(sweep.results, sweep.docs, replicates=max(replicates, 1), seed=seed, point=point)
-    B: list[tuple] = [("h", 2, "Budget–retention frontier"), ("p", _how(ret, sweep.no_docs))]
+    why = sweep.no_docs or ("" if replicates else "the report was written with 0 bootstrap resamples")
+    ret = None
+    if not why:
+        try:
+            ret = retention(sweep.results, sweep.docs, replicates=replicates, seed=seed)
+        except LayercutError as exc:  # some task of the metric has no per-document values: say so
+            why = str(exc)
+    if ret is None:
+        ret = retention(sweep.results, sweep.docs, point=True)
+    B: list[tuple] = [("h", 2, "Budget–retention frontier"), ("p", _how(ret, why))]
     rows = []
     for j, k in enumerate(ret.budgets):
         row = [str(k)]
@@ -42,8 +48,8 @@ def frontier_blocks(sweep: Sweep, folder: Path, *, share: float = DEFAULT_SHARE,
         rows.append(row)
     B.append(("table", ["k"] + [f"{d}: best method, r [low, high]" for d in ret.domains], rows))
     keep = {d: share for d in ret.domains if HEAL_TAG not in d}
-    if keep:
-        p = choose(ret, keep)
+    p = choose(ret, keep) if keep else None
+    if p is not None:
         B.append(("p", f"**Pick: keep {share:.0%} of the unpruned {ret.metric} on "
                        f"{', '.join(keep)}.** {pick_summary(p)}"))
         if p.chosen is not None:
@@ -51,7 +57,7 @@ def frontier_blocks(sweep: Sweep, folder: Path, *, share: float = DEFAULT_SHARE,
                 sweep.spec, p.chosen, default_out(sweep.path, p.chosen), keep))
                 + f". Another target: `layercut pick --sweep {sweep.path} --keep "
                 + ",".join(f"{d}=0.95" for d in keep) + "`."))
-    B.append(("fig", plot_frontier(ret, folder, share)))
+    B.append(("fig", plot_frontier(ret, folder, share, p.chosen if p else None)))
     return B
 
 
@@ -114,8 +120,9 @@ def prune_commands(spec: dict[str, Any], c: Cell, out: Path, keep: dict[str, flo
     return out_cmds
 
 
-def plot_frontier(ret: Retention, folder: Path, share: float = DEFAULT_SHARE) -> Figure:
-    """One panel per domain: the best method's r at each budget, its band, and the target line."""
+def plot_frontier(ret: Retention, folder: Path, share: float = DEFAULT_SHARE, chosen: Cell | None = None) -> Figure:
+    """One panel per domain: the best method's r at each budget, its band, the target line and,
+    where the domain is in the target, the picked cell (which need not be that domain's best)."""
     fig, axes = panel_grid(len(ret.domains), width=5.0, height=3.4)
     for ax, d in zip(axes, ret.domains):
         best = [(k, best_method(ret, d, j), j) for j, k in enumerate(ret.budgets)]
@@ -126,14 +133,18 @@ def plot_frontier(ret: Retention, folder: Path, share: float = DEFAULT_SHARE) ->
         ax.plot(ks, r, color="#2c7fb8", marker="o", markersize=4, label="best method's r")
         for k, y, m in zip(ks, r, names):
             ax.annotate(m, (k, y), textcoords="offset points", xytext=(3, 4), fontsize=7, color="#333")
+        if chosen is not None and d in chosen.r:
+            ax.errorbar([chosen.budget], [chosen.r[d]], yerr=[[chosen.r[d] - chosen.low[d]],
+                        [chosen.high[d] - chosen.r[d]]], color="#c0392b", marker="*", markersize=11, capsize=3,
+                        linestyle="none", zorder=5, label=f"pick: k={chosen.budget} {chosen.method}")
         ax.axhline(share, color="#c0392b", linestyle=":", linewidth=1.2, label=f"keep {share:.0%}")
         ax.axhline(1.0, color="#777", linewidth=0.8, linestyle=":")
-        ax.set_ylim(bottom=min(0.0, float(np.nanmin(lo)) if lo else 0.0))
+        ax.set_ylim(min([0.0, *lo]), max([1.0, *hi]) + 0.08)  # room above 1 for the labels
         ax.set_title(f"domain {d}", fontsize=10)
         ax.set_ylabel(f"{ret.metric} relative to unpruned")
         budget_axis(ax, ret.budgets)
     handles, labels = axes[0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="outside lower center", ncol=3, fontsize=9, frameon=False)
+    fig.legend(handles, labels, loc="outside lower center", ncol=4, fontsize=9, frameon=False)
     fig.suptitle(f"budget–retention frontier ({ret.metric}): the best method at each budget", fontsize=11)
     save_png(fig, Path(folder) / FIGURE)
     band = (f"the {ret.confidence:.0%} one-sided bounds of {ret.replicates} paired bootstrap resamples of the "
@@ -141,19 +152,19 @@ def plot_frontier(ret: Retention, folder: Path, share: float = DEFAULT_SHARE) ->
     return Figure(FIGURE, "Budget–retention frontier",
                   f"For each domain, the retention r ({ret.metric} relative to the unpruned model, 1 = unpruned) of "
                   "the best method at each budget, labelled with its name; band: " + band + ". Red dotted: the "
-                  f"target of the pick above ({share:.0%}).")
+                  f"target of the pick above ({share:.0%}); red star: the picked cell with its bounds.")
 
 
 # --------------------------------------------------------------------------- helpers
 
 
-def _how(ret: Retention, no_docs: str) -> str:
+def _how(ret: Retention, why: str) -> str:
     if ret.replicates:
         sure = (f"[low, high] are the {1 - ret.confidence:.0%} and {ret.confidence:.0%} quantiles of {ret.replicates} "
                 f"paired bootstrap resamples of the documents (seed {ret.seed}): each end is a one-sided "
                 f"{ret.confidence:.0%} bound")
     else:
-        sure = f"point estimates only ({no_docs or 'the report was written with 0 bootstrap resamples'})"
+        sure = f"point estimates only: {why}"
     return (f"For every budget, the method that keeps the most of the unpruned {ret.metric} on each domain "
             f"(retention r as in the regime analysis, the mean over the domain's tasks; 1 = unpruned); {sure}. "
             "A target is met when the lower bound reaches it on every named domain.")
