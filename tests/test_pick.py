@@ -152,7 +152,7 @@ def test_cli_pick_prints_the_pick_and_the_command(sweep_dir, capsys):
     assert "pick: k = 4 with b, dropping layers 20,21,22,23" in lines
     assert max(len(line) for line in lines if not line.startswith("  layercut ")) <= 80  # commands: one line
     assert any("runner-up: k=4 a" in line for line in lines) and any("next: k=6 b" in line for line in lines)
-    assert "next budget k = 6 (b) misses math (0.880 < 0.90), general (0.890 < 0.90)" in lines
+    assert "next budget k = 6 (b) misses math (0.880 < 0.9), general (0.890 < 0.9)" in lines
     assert f"  layercut prune --model smollm2-135m --drop 20,21,22,23 --out {sweep_dir.parent / 'pruned-b-k4'}" \
         in lines
 
@@ -198,6 +198,8 @@ def test_a_sweep_without_per_document_values_needs_point_estimates(tmp_path, cap
     code, out, err = run(["pick", "--sweep", folder, "--keep", "math=0.9,general=0.9", "--point-estimates"], capsys)
     assert code == 0, err
     assert "r alone: point estimates, no lower bound" in out and "pick: k = 4 with b" in out
+    row = next(line for line in out.splitlines() if line.startswith("│ pick: k=4 b"))
+    assert [c.strip() for c in row.split("│")[2:4]] == ["0.950", "0.920"]  # r alone, no interval
 
 
 def test_healed_domains_pick_a_healed_checkpoint(tmp_path, capsys):

@@ -12,6 +12,7 @@ import typer
 from rich.table import Table
 
 from layercut.cli import ui
+from layercut.regimes.pick import Cell
 
 
 def pick(
@@ -45,7 +46,7 @@ def pick(
         ui.out_console.file.write(json.dumps(answer) + "\n")
         return
     say = ui.out_console.print
-    say(f"target: keep {', '.join(f'{d} ≥ {v:.2f}' for d, v in target.items())} of the unpruned {p.metric}",
+    say(f"target: keep {', '.join(f'{d} ≥ {v:g}' for d, v in target.items())} of the unpruned {p.metric}",
         highlight=False, markup=False)
     say(f"r [low, high], each end a one-sided {_pct(p.confidence)} bound over {p.replicates} paired resamples"
         if p.replicates else "r alone: point estimates, no lower bound", highlight=False, markup=False)
@@ -54,11 +55,11 @@ def pick(
     table = Table(show_lines=False)
     table.add_column("cell")
     for d, v in target.items():
-        table.add_column(f"{d} ≥ {v:.2f}", justify="right")
+        table.add_column(f"{d} ≥ {v:g}", justify="right")
     for role, cell in (("pick", c), ("runner-up", p.runner_up), ("next", p.next)):
         if cell is not None:
             table.add_row(f"{role}: k={cell.budget} {cell.method}",
-                          *[_value(cell.r[d], cell.low[d], cell.high[d], d in cell.misses) for d in target])
+                          *[_value(cell, d, bool(p.replicates)) for d in target])
     say(table)
     if p.runner_up is not None and p.runner_up.misses:
         say(f"runner-up {p.runner_up.method} misses {', '.join(p.runner_up.misses)} at k = {c.budget}",
@@ -69,7 +70,7 @@ def pick(
     else:
         n = p.next
         say(f"next budget k = {n.budget} ({n.method}) misses "
-            + ", ".join(f"{d} ({n.low[d]:.3f} < {target[d]:.2f})" for d in n.misses), highlight=False, markup=False)
+            + ", ".join(f"{d} ({n.low[d]:.3f} < {target[d]:g})" for d in n.misses), highlight=False, markup=False)
     say("make it:", highlight=False, markup=False)
     for command in commands:
         say(f"  {command}", highlight=False, markup=False, soft_wrap=True)
@@ -79,7 +80,7 @@ def _pct(x: float) -> str:
     return f"{100 * x:g} %"
 
 
-def _value(r: float, low: float, high: float, missed: bool) -> str:
-    """'0.962 [0.951, 0.973]', red where the lower bound misses the target."""
-    text = f"{r:.3f} [{low:.3f}, {high:.3f}]"
-    return f"[red]{text}[/red]" if missed else text
+def _value(cell: Cell, domain: str, bounds: bool) -> str:
+    """'0.962 [0.951, 0.973]' (r alone without bounds), red where it misses the target."""
+    text = f"{cell.r[domain]:.3f}" + (f" [{cell.low[domain]:.3f}, {cell.high[domain]:.3f}]" if bounds else "")
+    return f"[red]{text}[/red]" if domain in cell.misses else text

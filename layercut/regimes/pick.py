@@ -213,7 +213,7 @@ def pick(
 
 def unmet(p: Pick) -> str:
     """Why a target has no pick, and the best a pruned cell reaches."""
-    target = " and ".join(f"{d} ≥ {s:.2f}" for d, s in p.keep.items())
+    target = " and ".join(f"{d} ≥ {s:g}" for d, s in p.keep.items())
     sure = f"with {100 * p.confidence:g} % confidence" if p.replicates else "(point estimates)"
     best = p.reachable
     if best is None:
