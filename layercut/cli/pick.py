@@ -6,13 +6,15 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 import typer
 from rich.table import Table
 
 from layercut.cli import ui
-from layercut.regimes.pick import Cell
+
+if TYPE_CHECKING:  # pandas and numpy load only when the command runs
+    from layercut.regimes.pick import Cell
 
 
 def pick(
