@@ -169,6 +169,26 @@ def select(
     )
 
 
+def select_stability(
+    scores: LayerScores | str | Path,
+    methods: list[str],
+    budgets: list[int],
+    *,
+    protect: str | Iterable[int] | None = None,
+    allow: str | Iterable[str] = (),
+    **options: Any,
+) -> Any:
+    """How each method's pick moves when the calibration samples are redrawn: a
+    `regimes.stability.Stability` (`options`: replicates, seed, draw, progress, and select's own).
+    Protection is resolved as in `select`, so the picks are the ones `select` makes."""
+    from layercut.regimes.stability import selection_stability
+
+    if isinstance(scores, (str, Path)):
+        scores = LayerScores.load(scores)
+    protected = selection.protect_set(scores.num_layers, protect, _family_protected(scores, allow))
+    return selection_stability(scores, methods, budgets, protect=protected, **options)
+
+
 def _family_protected(scores: LayerScores, allowed: str | Iterable[str]) -> set[int]:
     """The family's layers a selection from `scores` keeps: the always-protected ones, plus each
     guard's layers unless `allowed` names the guard. Files from before guards were recorded hold

@@ -5,8 +5,9 @@ final norm and never a deepstack injection), over the in-scope tokens of a domai
   cosine  s_l = mean_t cos(x_t, y_t)         angular  = mean_t arccos(cos(x_t, y_t)) / pi
 plus the Gromov block distance d(l, n) = arccos(cos(x^(l), x^(l+n))) / pi, where x^(l) is the input
 of layer l and x^(L) the raw output of the last layer, averaged over samples on their last token
-(or over every in-scope token). Sums and counts are kept per layer in float64; hidden states are
-never stored beyond the one batch in flight. Padding never counts; zero-norm tokens are skipped
+(or over every in-scope token). Sums and counts are kept per layer and per calibration sample in
+float64 (`per_sample`, so scores can be resampled over samples without a model); hidden states
+are never stored beyond the one batch in flight. Padding never counts; zero-norm tokens are skipped
 and counted, so no NaN reaches the output. Tokens whose layer input or output holds inf/NaN (an
 fp16 overflow) are never averaged in: they are counted per layer and domain (`nonfinite`) and
 reported to the user. A layer the forward leaves out of a batch (only where its family says so:
@@ -26,6 +27,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
+import numpy as np
 import torch
 
 from layercut.data.encode import Batch
@@ -51,6 +53,10 @@ class DomainScores:
     block_samples: int = 0
     # in-scope tokens left out because the layer's input or output held inf/NaN (fp16 overflow)
     nonfinite: list[int] = field(default_factory=list)
+    # per sample, in calibration order, what the means above are made of (`from_samples`):
+    # "stats" [S][L][5] sums (COS..NONFINITE), "block" / "block_n" [S][l][n-1] block-distance sums
+    # and counts, "units" [S]. Empty in files from before it was kept or written without it.
+    per_sample: dict[str, list] = field(default_factory=dict)
 
     @property
     def num_layers(self) -> int:
@@ -177,7 +183,7 @@ class LayerScores:
 # --------------------------------------------------------------------------- the streaming pass
 
 
-# Per-layer running sums, one small vector per layer: [cos, angular, tokens, zero-norm, non-finite]
+# Per-layer sums of one sample, one small vector: [cos, angular, tokens, zero-norm, non-finite]
 COS, ANG, TOK, ZERO, NONFINITE = range(5)
 
 
@@ -185,52 +191,45 @@ def _acc_dtype(device: torch.device) -> torch.dtype:
     return torch.float32 if device.type == "mps" else torch.float64  # MPS has no float64
 
 
+def from_samples(stats: np.ndarray, block: np.ndarray, block_n: np.ndarray, units: np.ndarray,
+                 keep: bool = True) -> DomainScores:
+    """A domain's scores from per-sample sums (stats [S, L, 5], block and block_n [S, L, L], units
+    [S]). The one place sums become means: the scoring pass and a resample that draws every
+    sample once (in order) add the same numbers in the same order, so they agree exactly."""
+    L = stats.shape[1]
+    total = stats.sum(axis=0)
+    tokens = np.rint(total[:, TOK]).astype(np.int64)
+    safe = np.maximum(tokens, 1)
+    mean = block.sum(axis=0) / np.maximum(block_n.sum(axis=0), 1)
+    per = {"stats": stats.tolist(), "block": [[r[:L - l] for l, r in enumerate(b)] for b in block.tolist()],
+           "block_n": [[r[:L - l] for l, r in enumerate(b)] for b in block_n.tolist()],
+           "units": units.tolist()} if keep else {}
+    return DomainScores(
+        cosine=(total[:, COS] / safe).tolist(), angular=(total[:, ANG] / safe).tolist(), tokens=tokens.tolist(),
+        zero_norm=np.rint(total[:, ZERO]).astype(np.int64).tolist(), samples=len(stats),
+        block_distance=[mean[l, : L - l].tolist() for l in range(L)], block_samples=int(units.sum()),
+        nonfinite=np.rint(total[:, NONFINITE]).astype(np.int64).tolist(), per_sample=per,
+    )
+
+
 class _Domain:
-    """Running sums for one domain. Each layer's sums are made on the device its activations
-    are on (first use) and stay there; `result` gathers them once."""
+    """Per-sample sums for one domain. Each layer's sums are made on the device its activations
+    are on and stay there; `result` gathers them once."""
 
     def __init__(self, num_layers: int) -> None:
-        L = num_layers
-        self.L = L
-        self.stats: list[torch.Tensor | None] = [None] * L  # float64 [5] per layer
-        # block[l, n-1] sums d(l, n) over units (samples or tokens); block_n counts them per pair
-        self.block: torch.Tensor | None = None
-        self.block_n: torch.Tensor | None = None
-        self.samples = 0
-        self.units = 0
-
-    def layer(self, i: int, device: torch.device) -> torch.Tensor:
-        if self.stats[i] is None:
-            self.stats[i] = torch.zeros(5, dtype=_acc_dtype(device), device=device)
-        return self.stats[i]
-
-    def blocks(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-        if self.block is None:
-            self.block = torch.zeros(self.L, self.L, dtype=_acc_dtype(device), device=device)
-            self.block_n = torch.zeros(self.L, self.L, dtype=torch.long, device=device)
-        return self.block, self.block_n
+        self.L = num_layers
+        self.rows: list[dict[int, torch.Tensor]] = [{} for _ in range(num_layers)]  # batch -> [B, 5]
+        self.blocks: list[tuple[torch.Tensor, ...]] = []  # per batch: sums [B, L, L], counts, units [B]
+        self.sizes: list[int] = []  # samples per batch
 
     def result(self) -> DomainScores:
-        L = self.L
-        stats = torch.stack(
-            [t.cpu().double() if t is not None else torch.zeros(5, dtype=torch.float64) for t in self.stats]
-        )
-        tokens = stats[:, TOK].round().long()
-        safe = tokens.clamp(min=1).double()
-        if self.block is not None:
-            block = (self.block.cpu().double() / self.block_n.cpu().clamp(min=1)).tolist()
-        else:
-            block = [[0.0] * L for _ in range(L)]
-        return DomainScores(
-            cosine=(stats[:, COS] / safe).tolist(),
-            angular=(stats[:, ANG] / safe).tolist(),
-            tokens=tokens.tolist(),
-            zero_norm=stats[:, ZERO].round().long().tolist(),
-            samples=self.samples,
-            block_distance=[block[l][: L - l] for l in range(L)],
-            block_samples=self.units,
-            nonfinite=stats[:, NONFINITE].round().long().tolist(),
-        )
+        edges = np.cumsum([0] + self.sizes)
+        stats = np.zeros((edges[-1], self.L, 5))
+        for i, by_batch in enumerate(self.rows):
+            for b, t in by_batch.items():
+                stats[edges[b]:edges[b + 1], i] = t.cpu().double().numpy()
+        block, block_n, units = (np.concatenate([t[j].cpu().numpy() for t in self.blocks]) for j in range(3))
+        return from_samples(stats, block.astype(np.float64), block_n, units)
 
 
 def token_scope_mask(
@@ -287,11 +286,11 @@ class _Recorder:
             for i, layer in enumerate(layers)
         ]
 
-    def start(self, domain: str, mask: torch.Tensor, block_mask: torch.Tensor, samples: int) -> None:
+    def start(self, domain: str, mask: torch.Tensor, block_mask: torch.Tensor) -> None:
         if domain not in self.domains:
             self.domains[domain] = _Domain(self.L)
         self.acc = self.domains[domain]
-        self.acc.samples += samples
+        self.acc.sizes.append(mask.shape[0])  # one row per sample
         self.mask = mask
         self.block_mask = block_mask
         self.block_inputs = [None] * self.L
@@ -317,19 +316,11 @@ class _Recorder:
         cos, ok = _cosine(x, y)
         finite = torch.isfinite(x).all(dim=-1) & torch.isfinite(y).all(dim=-1)
         keep = mask & ok & finite
-        c = cos[keep].double() if x.device.type != "mps" else cos[keep]
-        # One small vector update per layer, on this layer's own device: no sync, no transfer.
-        acc.layer(i, x.device).add_(
-            torch.stack(
-                [
-                    c.sum(),
-                    (torch.arccos(c) / math.pi).sum(),
-                    keep.sum().to(c.dtype),
-                    (mask & ~ok & finite).sum().to(c.dtype),
-                    (mask & ~finite).sum().to(c.dtype),
-                ]
-            )
-        )
+        c = torch.where(keep, cos.to(_acc_dtype(x.device)), 0.0)
+        a = torch.where(keep, torch.arccos(c) / math.pi, 0.0)
+        # One small [B, 5] tensor per layer, on this layer's own device: no sync, no transfer.
+        acc.rows[i][len(acc.sizes) - 1] = torch.stack(
+            [c.sum(1), a.sum(1)] + [m.sum(1).to(c.dtype) for m in (keep, mask & ~ok & finite, mask & ~finite)], 1)
         self.block_inputs[i] = x[self.block_mask.to(x.device)].float()
         self.last = y
 
@@ -351,9 +342,11 @@ class _Recorder:
         """d(l, n) for every start l and size n from this batch's block vectors `vs` (L+1 tensors
         [N, H]: each layer's input, then the last output), all on the last layer's device."""
         acc = self.acc
-        assert acc is not None
-        block, block_n = acc.blocks(device)
-        N = vs[0].shape[0]
+        assert acc is not None and self.block_mask is not None
+        rows = self.block_mask.nonzero()[:, 0].to(device)  # each unit's sample (x[mask] is row-major)
+        B, L = self.block_mask.shape[0], self.L
+        block = torch.zeros(B, L, L, dtype=_acc_dtype(device), device=device)
+        block_n = torch.zeros(B, L, L, dtype=torch.long, device=device)
         stack = torch.stack(vs)  # [L+1, N, H]
         norms = stack.norm(dim=-1)  # [L+1, N]
         good = (norms > 0) & torch.isfinite(norms)  # inf/NaN vectors never enter a distance
@@ -363,9 +356,9 @@ class _Recorder:
             cos = torch.einsum("nh,mnh->mn", unit[l], unit[l + 1 :]).clamp(-1.0, 1.0)  # [L-l, N]
             ok = good[l].unsqueeze(0) & good[l + 1 :]
             d = torch.where(ok, torch.arccos(cos.to(block.dtype)) / math.pi, 0.0)
-            block[l, : self.L - l] += d.sum(dim=1)
-            block_n[l, : self.L - l] += ok.sum(dim=1)
-        acc.units += N
+            block[:, l, : L - l].index_add_(0, rows, d.T)
+            block_n[:, l, : L - l].index_add_(0, rows, ok.T.long())
+        acc.blocks.append((block, block_n, torch.bincount(rows, minlength=B)))
 
     def close(self) -> None:
         for h in self.handles:
@@ -409,7 +402,7 @@ def score(
                 attn = torch.ones_like(ids)
             mask = token_scope_mask(scope, attn, adapter.image_mask(ids))
             block_mask = last_token_mask(attn.bool()) if block_tokens == "last" else mask
-            rec.start(batch.domain, mask, block_mask, batch.samples or ids.shape[0])
+            rec.start(batch.domain, mask, block_mask)
             # The LM head is not scored: keep one position so it costs nothing (8x256 tokens of
             # a 49k vocabulary would otherwise be ~400 MiB of logits per batch).
             model(**inputs, use_cache=False, logits_to_keep=1)
@@ -439,7 +432,7 @@ def score(
         "samples": {d: s.samples for d, s in domains.items()},
         "dtype": dtype_name(adapter.dtype),
     }
-    unobserved = {d: [i for i, s in enumerate(rec.domains[d].stats) if s is None] for d in domains}
+    unobserved = {d: [i for i, s in enumerate(rec.domains[d].rows) if not s] for d in domains}
     if any(unobserved.values()):
         info["unobserved"] = {d: layers for d, layers in unobserved.items() if layers}
     if adapter.device_map:

@@ -39,6 +39,8 @@ def score(
     device_map: Optional[str] = typer.Option(None, help=DEVICE_MAP_HELP),
     offload_folder: Optional[Path] = typer.Option(None, help="Folder for weights a device map puts on 'disk' (default: a temporary one)."),
     max_tokens_per_batch: Optional[int] = typer.Option(None, min=1, help=MAX_TOKENS_HELP),
+    sample_stats: bool = typer.Option(True, help="Keep each calibration sample's per-layer sums in the file (a few "
+                                      "KB per sample), so `select --stability` can resample them without a model."),
     overwrite: bool = typer.Option(False, help="Replace an existing output."),
 ) -> None:
     """Score every decoder layer per calibration domain in one streaming pass."""
@@ -56,6 +58,8 @@ def score(
         max_length=max_length, dtype=dtype, device_map=device_map, offload_folder=offload_folder,
         max_tokens_per_batch=max_tokens_per_batch,
     )
+    for d in scores.domains.values():
+        d.per_sample = d.per_sample if sample_stats else {}
     with atomic_file(out, overwrite=overwrite) as tmp_json, atomic_file(csv, overwrite=overwrite) as tmp_csv:
         scores.save(tmp_json)
         scores.to_frame().to_csv(tmp_csv, index=False)
@@ -111,8 +115,8 @@ def probe(
 
 def select(
     scores: Optional[Path] = typer.Option(None, help="scores.json from `layercut score`."),
-    method: str = typer.Option(..., help="Selection method (see `layercut methods`)."),
-    budget: int = typer.Option(..., help="How many layers to drop."),
+    method: str = typer.Option(..., help="Selection method (see `layercut methods`); with --stability a comma-separated list."),
+    budget: Optional[int] = typer.Option(None, help="How many layers to drop."),
     protect: str = typer.Option("default", help="'default' (first+last), 'none', or indices like 0,29."),
     domain: Optional[str] = typer.Option(None, help="Domain for domain/spacing/block methods."),
     alpha: float = typer.Option(0.5, help="Weight of math in `mixed`."),
@@ -124,14 +128,23 @@ def select(
     probe: Optional[Path] = typer.Option(None, help="probe.json from `layercut probe` (for `damage` and --guard)."),
     guard: bool = typer.Option(False, help="Protect the probe's critical layers first (method NAME+guard)."),
     allow: Optional[str] = typer.Option(None, help=ALLOW_HELP),
+    stability: bool = typer.Option(False, help="Instead: how often each method picks each layer when the calibration "
+                                   "samples are redrawn (needs a scores file with per-sample statistics)."),
+    budgets: Optional[str] = typer.Option(None, help="--stability: budgets, e.g. 2,4,8 or 2:16:2 (default --budget)."),
+    replicates: int = typer.Option(200, min=1, help="--stability: resamples of the calibration samples."),
 ) -> None:
-    """Print the ordered list of layers a method would drop."""
+    """Print the ordered list of layers a method would drop (or, with --stability, how stable the pick is)."""
     from layercut import api
     from layercut.io import atomic_file, check_out
 
     if out is not None:
         check_out(out)
         ui.writes(out)
+    if stability:
+        return _stability(scores, method, budgets or (None if budget is None else str(budget)), protect, alpha,
+                          min_gap, domain, seed, replicates, allow, out)
+    if budget is None:
+        raise LayercutError("say how many layers to drop: pass --budget K")
     options = {k: v for k, v in dict(domain=domain, min_gap=min_gap).items() if v is not None}
     with ui.progress() as bar:
         task = bar.add_task(method, total=None, unit="candidate drop sets", visible=method.startswith("iterative"))
@@ -144,6 +157,66 @@ def select(
         with atomic_file(out) as tmp:
             sel.save(tmp)
     ui.out_console.print(",".join(map(str, sel.drop)))
+
+
+def _stability(scores: Optional[Path], methods: str, budgets: Optional[str], protect: str, alpha: float,
+               min_gap: Optional[int], domain: Optional[str], seed: int, replicates: int, allow: Optional[str],
+               out: Optional[Path]) -> None:
+    """`select --stability`: the selection-stability tables (and --out stability.json)."""
+    from layercut import api
+    from layercut.io import atomic_file
+    from layercut.regimes.stability import SPECIFIC
+    from layercut.sweep import parse_budgets
+
+    if scores is None or budgets is None:
+        raise LayercutError("--stability needs --scores and --budgets (e.g. --budgets 2,4,8)")
+    options = {k: v for k, v in dict(domain=domain, min_gap=min_gap).items() if v is not None}
+    names = [m.strip() for m in methods.split(",") if m.strip()]
+    with ui.progress() as bar:
+        task = bar.add_task("resamples", total=replicates, unit="resamples")
+        st = api.select_stability(str(scores), names, parse_budgets(budgets), protect=protect, allow=allow or (),
+                                  replicates=replicates, alpha=alpha, seed=seed,
+                                  progress=lambda done, total: bar.update(task, completed=done), **options)
+    if out is not None:
+        with atomic_file(out) as tmp:
+            st.save(tmp)
+    ks = list(next(iter(st.picks.values())))
+    per = ", ".join(f"{d} {n}" for d, n in st.samples.items())
+    ui.out_console.print(f"selection stability over {st.replicates} resamples of the calibration samples ({per} "
+                         "per domain, drawn with replacement); Jaccard = |pick ∩ full-data pick| / |pick ∪ full-data pick|")
+    table = Table(title="mean Jaccard with the full-data pick")
+    table.add_column("method")
+    for k in ks:
+        table.add_column(f"k={k}", justify="right")
+    for m, by in st.jaccard.items():
+        table.add_row(m, *[f"{by[k]:.2f}" for k in ks])
+    ui.out_console.print(table)
+    for m, by in st.frequency.items():
+        layers = [i for i in range(st.num_layers) if any(by[k][i] > 0 for k in ks)]
+        freq = Table(title=f"{m}: resamples dropping each layer (* full-data pick)")
+        freq.add_column("layer", justify="right")
+        for k in ks:
+            freq.add_column(f"k={k}", justify="right")
+        for i in layers:
+            freq.add_row(str(i), *[(f"{by[k][i]:.0%}" if by[k][i] else "") + ("*" if i in st.picks[m][k] else "")
+                                   for k in ks])
+        ui.out_console.print(freq)
+    if st.domain_specific:
+        first = next(iter(st.domain_specific.values()))
+        ui.out_console.print(f"{first['math']} vs {first['general']}: the layers only one of them drops on the full "
+                             "data, with the share of resamples in which it is still so; domain-specific when "
+                             f"≥ {SPECIFIC:.0%}")
+        spec = Table(title=f"{first['math']}-aware vs {first['general']}-aware picks")
+        for col in ("k", f"only {first['math']}", f"only {first['general']}", "domain-specific"):
+            spec.add_column(col)
+
+        def shares(d: dict, layers: list[int]) -> str:
+            return ", ".join(f"{x} ({d['shares'][str(x)]:.0%})" for x in layers) or "-"
+
+        for k, d in st.domain_specific.items():
+            spec.add_row(k, shares(d, d["math_only"]), shares(d, d["general_only"]),
+                         f"{len(d['beyond_noise'])} of {len(d['shares'])}: {', '.join(map(str, d['beyond_noise'])) or '-'}")
+        ui.out_console.print(spec)
 
 
 def prune(
