@@ -44,6 +44,9 @@ def sweep(
     device_map: Optional[str] = typer.Option(None, help=DEVICE_MAP_HELP, rich_help_panel="How it runs", metavar="MAP"),
     max_tokens_per_batch: Optional[int] = typer.Option(None, min=1, help="Generation: at most this many prompt + new tokens per batch, instead of --batch-size rows.", rich_help_panel="How it runs", metavar="N"),
     verbose: bool = typer.Option(False, "--verbose", help="Show the harnesses' own output (lm-eval, lmms-eval) here instead of in OUT/harness.log.", rich_help_panel="Output"),
+    adaptive: bool = typer.Option(False, "--adaptive", help="Documents in rounds (8, 16, 32, ...); a cell stops once it is beyond doubt behind its budget's leader, tied with it, or broken.", rich_help_panel="Adaptive"),
+    first_round: int = typer.Option(8, min=1, help="--adaptive: documents in the first round (then doubling).", rich_help_panel="Adaptive", metavar="N"),
+    adaptive_alpha: float = typer.Option(0.05, min=0.0001, max=0.5, help="--adaptive: error rate of each cell's decisions over all its rounds.", rich_help_panel="Adaptive", metavar="A"),
 ) -> None:
     """Evaluate every method at every budget on every task; weights load once."""
     from layercut import api, models
@@ -65,6 +68,7 @@ def sweep(
         probe=str(probe) if probe else None, heal_steps=heal_steps, dtype=dtype, device_map=device_map,
         include_path=str(include_path.absolute()) if include_path else None,
         max_tokens_per_batch=max_tokens_per_batch,
+        adaptive={"first": first_round, "alpha": adaptive_alpha} if adaptive else None,
     )
     check_folder(out, resume)  # before the progress bar: a bad --out is one line
     api.check_allow(model, spec.allow)  # and so are unknown guard names

@@ -167,12 +167,29 @@ def load(harness: str, names: list[str], include_path: str | None = None,
 
 
 def run(adapter: Any, task: HarnessTask | tuple[str, Any, list[Any]], *, limit: int | None = None,
-        batch_size: int = 8, log_samples: bool = True, **options: Any) -> dict[str, Any]:
+        batch_size: int = 8, log_samples: bool = True, docs: list[int] | None = None,
+        **options: Any) -> dict[str, Any]:
     """The harness's `simple_evaluate` output for the loaded task(s) on the model as it is now.
 
-    `task` is a `HarnessTask` or (harness, manager, objects) from `load`; `options` go to
-    `simple_evaluate` unchanged."""
+    `task` is a `HarnessTask` or (harness, manager, objects) from `load`; `docs`, only these
+    documents (ascending indices into the task's documents; its samples keep those indices as
+    doc_id), for one round of an adaptive sweep; `options` go to `simple_evaluate` unchanged."""
     harness, manager, objects = (task.harness, task.manager, task.objects) if isinstance(task, HarnessTask) else task
+    if docs is not None:
+        leaves = _leaves(objects)
+        if len(leaves) != 1:
+            raise LayercutError(f"{harness}: a subset of documents needs a single task, not a group of "
+                                f"{len(leaves)}: name its subtasks as sweep tasks")
+        if harness == "lm-eval":  # its own option: the samples' doc_id stay the task's indices
+            options["samples"] = {_task_name(leaves[0]): list(docs)}
+        else:
+            with _only_docs(leaves[0], docs):
+                out = run(adapter, (harness, manager, objects), batch_size=batch_size, log_samples=log_samples,
+                          **options)
+            for samples in out.get("samples", {}).values():
+                for s in samples:
+                    s["doc_id"] = docs[int(s["doc_id"])]
+            return out
     if harness == "lm-eval":
         import lm_eval
         from lm_eval.models.huggingface import HFLM
@@ -227,6 +244,31 @@ def result(task: HarnessTask, out: dict[str, Any], tokenizer: Any = None) -> Har
     return HarnessResult(metrics, higher, samples, per_document(samples, set(higher)))
 
 
+def doc_count(task: HarnessTask, limit: int | None = None) -> int:
+    """How many documents a sweep evaluates of a harness task: all its documents, or `limit`."""
+    n = sum(len(leaf.eval_docs) for leaf in _leaves(task.objects))
+    return min(n, limit) if limit else n
+
+
+@contextlib.contextmanager
+def _only_docs(task: Any, docs: list[int]) -> Iterator[None]:
+    """An lmms-eval task that sees only the documents `docs` meanwhile (it has no option for
+    it): its test or validation documents replaced by that subset, on the instance only."""
+    names = [n for n in ("test_docs", "validation_docs", "test_docs_no_media", "validation_docs_no_media")
+             if hasattr(task, n)]
+    originals = {n: getattr(task, n) for n in names}
+    for n, fn in originals.items():
+        got = fn()
+        if got is not None:
+            subset = got.select(docs) if hasattr(got, "select") else [got[i] for i in docs]
+            setattr(task, n, lambda subset=subset: subset)
+    try:
+        yield
+    finally:
+        for n in names:
+            task.__dict__.pop(n, None)
+
+
 def per_document(samples: list[dict], metrics: set[str]) -> dict[str, tuple[list[float], list[float]]]:
     """{metric: (value per document, weights 1)} for the metrics whose per-sample value is a plain
     number (a mean over documents: accuracy, exact match); the others (perplexities, F1 over a
@@ -234,7 +276,8 @@ def per_document(samples: list[dict], metrics: set[str]) -> dict[str, tuple[list
     found: dict[str, dict[int, float]] = {}
     for s in samples:
         filt = s.get("filter", "none")
-        for m in s.get("metrics", []):
+        # lm-eval lists a sample's metrics; lmms-eval only stores them under their names
+        for m in s.get("metrics") or {label.partition(",")[0] for label in metrics}:
             label = m if filt in ("", "none") else f"{m},{filt}"
             value = s.get(m)
             if label in metrics and isinstance(value, (int, float)):  # bools count as 0 / 1

@@ -77,19 +77,15 @@ def truncated_shares(path: Path, results: pd.DataFrame) -> dict:
     """{(method, budget, task): share of answers that hit max_new_tokens} for the result rows whose
     cell recorded it (generate tasks; sweeps written before layercut recorded it have none)."""
     from layercut.sweep import LOG_FILE
+    from layercut.sweep.log import read_records
     from layercut.sweep.spec import HEAL_TAG, Unit
 
     log = path / LOG_FILE
     if not log.is_file() or results.empty:
         return {}
-    shares = {}
-    for line in log.read_text().splitlines():
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if "truncated" in rec.get("metrics", {}):
-            shares[rec["key"]] = float(rec["metrics"]["truncated"])
+    records = read_records(log)
+    shares = {key: float(rec["metrics"]["truncated"]) for key, rec in records.items()
+              if "truncated" in rec.get("metrics", {})}
     out = {}
     for r in results.drop_duplicates(["method", "budget", "task"]).itertuples(index=False):
         task, _, steps = str(r.task).partition(HEAL_TAG)
@@ -104,19 +100,12 @@ def _doc_values(path: Path, results: pd.DataFrame) -> tuple[dict, str]:
     """The rows' per-document values from cells.jsonl (read only: a torn last line is skipped),
     or why there are none."""
     from layercut.sweep import LOG_FILE
-    from layercut.sweep.log import doc_values
+    from layercut.sweep.log import doc_values, read_records
 
     log = path / LOG_FILE
     if not log.is_file():
         return {}, f"the folder has no {LOG_FILE}, only a results table"
-    records = {}
-    for line in log.read_text().splitlines():
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError:
-            continue  # a torn last line of a killed sweep
-        records[rec["key"]] = rec
-    docs = doc_values(results, records)
+    docs = doc_values(results, read_records(log))
     return docs, "" if docs else (f"no cell of {LOG_FILE} holds per-document values (a sweep written before "
                                  "layercut stored them, or metrics a harness aggregates its own way): re-run the "
                                  "sweep to get intervals")

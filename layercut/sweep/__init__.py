@@ -34,6 +34,8 @@ Here: planning and `run_sweep`. `spec`: what a sweep is (sweep.json) and its uni
 
 from __future__ import annotations
 
+import functools
+import json
 import os
 import shutil
 import tempfile
@@ -220,6 +222,15 @@ def check_spec(spec: SweepSpec, scores: Any = None) -> None:
             get_task(t)  # an unknown task is one line now
     if spec.limit is not None and spec.limit < 1:
         raise LayercutError(f"--limit {spec.limit}: give 1 or more examples per task (or leave it out)")
+    if spec.adaptive is not None:
+        from layercut.sweep.adaptive import Rule
+
+        rule = Rule(**spec.adaptive)
+        if spec.heal_steps:
+            raise LayercutError("--adaptive with --heal-steps: healed cells run every document; drop one of the two")
+        if rule.first < 1 or not 0.0 < rule.alpha < 1.0:
+            raise LayercutError(f"--adaptive: first round {rule.first}, alpha {rule.alpha}: give a first round of "
+                                "1 or more documents and an alpha in (0, 1)")
     if spec.heal_steps < 0 or (spec.heal_steps and not spec.calib):
         raise LayercutError("--heal-steps heals every cell on the calibration data: give a positive "
                             "number of steps and --calib")
@@ -248,22 +259,49 @@ def _run_phases(spec: SweepSpec, out: Path, log: ResultsLog, phases: list[list[s
         ))
         todo = [u for u in units if u.key not in log.done]
         total, done = len(units), len(units) - len(todo)
-        if progress:
-            progress(done, total)
 
         def on_result(unit: Unit, metrics: dict[str, float], seconds: float, extra: dict[str, Any]) -> None:
             nonlocal done
             log.add(unit, metrics, seconds, extra)
             log.write_tables(picks, spec.tasks, spec.heal_steps)
             done += 1
-            if progress:
+            if progress and not spec.adaptive:
                 progress(done, total)
 
-        if executor == "local":
-            run_local(worker, todo, on_result)
-        else:
-            run_ray(spec, path, todo, on_result, workers)
+        def execute(todo: list[Unit]) -> None:
+            if executor == "local":
+                run_local(worker, todo, on_result)
+            else:
+                run_ray(spec, path, todo, on_result, workers)
+
+        if spec.adaptive:
+            from layercut.evaluation import HIGHER_IS_BETTER
+            from layercut.io import atomic_file
+            from layercut.sweep import adaptive
+
+            count = worker.count if worker is not None else _counter(spec, adapter)
+            state = adaptive.run_rounds(units, adaptive.Rule(**spec.adaptive), spec.seed, count, log.done, execute,
+                                        HIGHER_IS_BETTER, progress)
+            with atomic_file(out / adaptive.ADAPTIVE_FILE, overwrite=True) as tmp:
+                tmp.write_text(json.dumps(state, indent=1) + "\n")
+            continue
+        if progress:
+            progress(done, total)
+        execute(todo)
     return log.write_tables(picks, spec.tasks, spec.heal_steps)
+
+
+def _counter(spec: SweepSpec, adapter: Any) -> Callable[[str], int]:
+    """Documents per task for the Ray executor, whose workers hold the prepared tasks: prepared
+    here once more (no model call), in the same way."""
+    from layercut.evaluation import harness, prepare
+
+    def count(task: str) -> int:
+        if harness.is_harness_task(task):
+            return harness.doc_count(harness.prepare(task, spec.include_path), spec.limit)
+        return len(prepare(task, adapter, limit=spec.limit, seed=spec.seed).items)
+
+    return functools.cache(count)
 
 
 def check_folder(out: str | Path, resume: bool = False) -> Path:

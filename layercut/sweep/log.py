@@ -7,6 +7,13 @@ document order), which the regime analysis resamples for its intervals (`doc_val
 task's unit also keeps, for audit, the harness's per-sample records (its log_samples) in
 samples/TASK/DROP.jsonl, written before the unit's line, and its line records which way each of
 the harness's metrics is better.
+
+An adaptive sweep (`sweep.adaptive`) logs one line per round of a unit ("part": its documents'
+indices in "index", of "of" in all); `merged` folds a unit's rounds into one record under the
+unit's own key, so that everything downstream reads it as one cell: each metric with per-document
+values recomputed over the documents evaluated, "docs" over all the task's documents in their
+order with weight 0 where a document was not evaluated (a weighted mean, and the bootstrap's
+paired resampling, then count only the evaluated ones).
 """
 
 from __future__ import annotations
@@ -17,6 +24,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from layercut.sweep.spec import Unit
@@ -51,6 +59,7 @@ class ResultsLog:
             if line.strip():
                 rec = json.loads(line)
                 self.done[rec["key"]] = rec
+        self.done.update(merged(self.done))
 
     def add(self, unit: Unit, metrics: dict[str, float], seconds: float, extra: dict[str, Any] | None = None) -> None:
         """Log one evaluated unit; `extra` (a harness task's) may hold "higher_is_better" and
@@ -58,6 +67,8 @@ class ResultsLog:
         rec = {"key": unit.key, "task": unit.task, "drop": list(unit.drop), "metrics": metrics,
                "seconds": seconds, "heal": unit.heal}
         extra = extra or {}
+        if unit.docs:
+            rec.update(whole=unit.whole.key, part=unit.part, index=list(unit.docs), of=extra["of"])
         if extra.get("higher_is_better"):
             rec["higher_is_better"] = extra["higher_is_better"]
         if extra.get("samples") is not None:
@@ -69,6 +80,8 @@ class ResultsLog:
             f.flush()
             os.fsync(f.fileno())
         self.done[unit.key] = rec
+        if unit.docs:
+            self.done.update(merged({k: r for k, r in self.done.items() if r.get("whole") == unit.whole.key}))
 
     def _write_samples(self, unit: Unit, samples: list[dict]) -> str:
         from layercut.io import atomic_file
@@ -77,7 +90,7 @@ class ResultsLog:
             return re.sub(r"[^A-Za-z0-9._@+-]+", "_", text) or "none"
 
         rel = Path(SAMPLES_DIR) / safe(unit.task) / f"{safe(','.join(map(str, unit.drop)) or 'none')}" \
-            f"{f'-heal{unit.heal}' if unit.heal else ''}.jsonl"
+            f"{f'-heal{unit.heal}' if unit.heal else ''}{f'-part{unit.part}' if unit.docs else ''}.jsonl"
         with atomic_file(self.folder / rel, overwrite=True) as tmp:
             tmp.write_text("".join(json.dumps(r, default=str) + "\n" for r in samples), encoding="utf-8")
         return rel.as_posix()
@@ -134,4 +147,58 @@ def doc_values(results: pd.DataFrame, records: dict[str, dict[str, Any]]) -> dic
         got = (rec or {}).get("docs", {}).get(str(r.metric))
         if got is not None:
             out[(str(r.method), int(r.budget), str(r.task), str(r.metric))] = (got[0], got[1])
+    return out
+
+
+def read_records(path: Path) -> dict[str, dict[str, Any]]:
+    """{key: record} of a cells.jsonl, read only (a torn last line of a killed sweep is skipped),
+    with an adaptive sweep's rounds also merged per unit."""
+    records = {}
+    for line in Path(path).read_text().splitlines():
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        records[rec["key"]] = rec
+    records.update(merged(records))
+    return records
+
+
+def merged(records: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """{unit key: one record} for the units logged in rounds (see the module docstring)."""
+    parts: dict[str, list[dict[str, Any]]] = {}
+    for rec in records.values():
+        if "whole" in rec:
+            parts.setdefault(rec["whole"], []).append(rec)
+    out = {}
+    for key, recs in parts.items():
+        recs.sort(key=lambda r: r["part"])
+        n = int(recs[0]["of"])
+        docs: dict[str, list[list[float]]] = {}
+        for metric in recs[0].get("docs", {}):
+            values, weights = [0.0] * n, [0.0] * n
+            for r in recs:
+                got = r.get("docs", {}).get(metric)
+                if got is None:
+                    break
+                for i, v, w in zip(r["index"], got[0], got[1]):
+                    values[i], weights[i] = float(v), float(w)
+            else:
+                docs[metric] = [values, weights]
+        evaluated = sum(len(r["index"]) for r in recs)
+        metrics: dict[str, float] = {}
+        for metric in recs[0]["metrics"]:
+            if metric in docs:
+                v, w = (np.asarray(a) for a in docs[metric])
+                metrics[metric] = float(v @ w / w.sum()) if w.sum() > 0 else float("nan")
+            elif metric in ("n", "tokens"):  # counts add up
+                metrics[metric] = float(sum(r["metrics"].get(metric, 0.0) for r in recs))
+            else:  # e.g. the share of answers cut: a mean over documents
+                metrics[metric] = float(sum(r["metrics"].get(metric, 0.0) * len(r["index"]) for r in recs) / evaluated)
+        metrics["n"] = float(evaluated)
+        first = recs[0]
+        out[key] = {"key": key, "task": first["task"], "drop": first["drop"], "heal": first["heal"],
+                    "metrics": metrics, "seconds": sum(r["seconds"] for r in recs), "docs": docs,
+                    "rounds": len(recs), "of": n,
+                    **{k: first[k] for k in ("higher_is_better",) if k in first}}
     return out

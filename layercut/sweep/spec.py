@@ -39,6 +39,7 @@ class SweepSpec:
     heal_steps: int = 0  # also evaluate every cell after this many LoRA steps on `calib` (0: no)
     include_path: str | None = None  # a folder of harness task YAMLs, for HARNESS:TASK tasks
     max_tokens_per_batch: int | None = None  # generation: prompt + new tokens per batch (not batch_size rows)
+    adaptive: dict[str, Any] | None = None  # documents in rounds (`sweep.adaptive.Rule` fields); None: all at once
     probe_source: str | None = None  # the --probe the user gave (`probe` then points at the copy)
     num_layers: int = 0  # filled when planned
     protected: list[int] = field(default_factory=list)  # resolved protected layers, filled when planned
@@ -58,10 +59,18 @@ class Unit:
     drop: tuple[int, ...]  # sorted original indices
     task: str
     heal: int = 0  # LoRA steps of healing before the evaluation (0: none)
+    docs: tuple[int, ...] = ()  # an adaptive sweep's round: these documents of the task only (sorted)
+    part: int = 0  # which round `docs` is
 
     @property
     def key(self) -> str:
-        return f"{self.task}|{','.join(map(str, self.drop))}" + (f"|heal{self.heal}" if self.heal else "")
+        return (f"{self.task}|{','.join(map(str, self.drop))}" + (f"|heal{self.heal}" if self.heal else "")
+                + (f"|part{self.part}" if self.docs else ""))
+
+    @property
+    def whole(self) -> "Unit":
+        """The unit over all the task's documents that this round is part of."""
+        return Unit(self.drop, self.task, self.heal)
 
     @property
     def label(self) -> tuple[str, str]:
@@ -76,7 +85,8 @@ GROWS = {"methods": "--methods", "budgets": "--budgets", "tasks": "--tasks"}
 # These must be the same on --resume: each changes what every cell measures.
 FIXED = {"model": "--model", "limit": "--limit", "seed": "--seed", "protect": "--protect",
          "allow": "--allow", "calib": "--calib", "dtype": "--dtype", "heal_steps": "--heal-steps",
-         "include_path": "--include-path", "options": "", "scores": "--scores", "probe": "--probe"}
+         "include_path": "--include-path", "options": "", "scores": "--scores", "probe": "--probe",
+         "adaptive": "--adaptive"}
 OPTION_FLAGS = {"alpha": "--alpha", "hybrid_threshold": "--hybrid-threshold", "min_gap": "--min-gap",
                 "domain": "--domain"}
 

@@ -5,6 +5,7 @@ each load the model once and take trie-ordered chunks of units as they come free
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 from typing import Any, Callable, Iterator
@@ -54,29 +55,30 @@ class Worker:
         from layercut.evaluation.runner import per_document
         from layercut.evaluation.teacher import teacher_metrics
 
-        by_task: dict[str, list[Unit]] = {}
+        by_task: dict[tuple[str, tuple[int, ...], int], list[Unit]] = {}
         by_drop: dict[tuple[int, ...], list[Unit]] = {}
         for unit in units:
             if unit.heal:
                 by_drop.setdefault(unit.drop, []).append(unit)
             else:
-                by_task.setdefault(unit.task, []).append(unit)
+                by_task.setdefault((unit.task, unit.docs, unit.part), []).append(unit)
         for group in by_drop.values():
             yield from self.run_healed(group)
-        for task, group in by_task.items():
+        for (task, docs, part), group in by_task.items():
             prepared = self.prepared[task]
             if self.spec.engine == "plain" or isinstance(prepared, HarnessTask) or not engine.supports(prepared):
                 for unit in group:
                     yield self.run(unit)
                 continue
-            if task not in self.shared:
-                self.shared[task] = engine.SharedWork.for_task(self.adapter, prepared, self.spec.batch_size,
-                                                      self.spec.cache_mem, mode=self.spec.engine)
-            for drop, scored, seconds in self.shared[task].row_scores([u.drop for u in group]):
+            if self.shared.get(task, (None, None))[0] != docs:  # one round's documents at a time
+                self.shared[task] = (docs, engine.SharedWork.for_task(
+                    self.adapter, self.subset(task, docs), self.spec.batch_size, self.spec.cache_mem,
+                    mode=self.spec.engine))
+            for drop, scored, seconds in self.shared[task][1].row_scores([u.drop for u in group]):
                 details: list[dict] = []
-                metrics = teacher_metrics(prepared, scored, details)
-                yield (Unit(drop, task), {k: float(v) for k, v in metrics.items()}, seconds,
-                       {"docs": per_document(prepared.task.kind, details)})
+                metrics = teacher_metrics(self.subset(task, docs), scored, details)
+                yield (Unit(drop, task, docs=docs, part=part), {k: float(v) for k, v in metrics.items()}, seconds,
+                       {"docs": per_document(prepared.task.kind, details), "of": self.count(task)})
 
     def run_list(self, units: list[Unit]) -> list[Result]:
         return list(self.run_many(units))
@@ -106,11 +108,11 @@ class Worker:
 
         t0 = time.perf_counter()
         with surgery.skipped(self.adapter, unit.drop):
-            metrics, extra = self.evaluate(unit.task)
+            metrics, extra = self.evaluate(unit.task, unit.docs)
         return unit, metrics, time.perf_counter() - t0, extra
 
-    def evaluate(self, task: str) -> tuple[dict[str, float], dict[str, Any]]:
-        """One task on the model as it is now: (metrics, extra)."""
+    def evaluate(self, task: str, docs: tuple[int, ...] = ()) -> tuple[dict[str, float], dict[str, Any]]:
+        """One task (only the documents `docs`, when given) on the model as it is now: (metrics, extra)."""
         from layercut.evaluation import evaluate, harness
 
         from layercut.evaluation.runner import per_document
@@ -118,13 +120,30 @@ class Worker:
         prepared = self.prepared[task]
         if isinstance(prepared, harness.HarnessTask):
             with harness.quiet(self.harness_log):
-                out = harness.run(self.adapter, prepared, limit=self.spec.limit, batch_size=self.spec.batch_size)
+                out = harness.run(self.adapter, prepared, limit=None if docs else self.spec.limit,
+                                  batch_size=self.spec.batch_size, docs=list(docs) or None)
             res = harness.result(prepared, out, self.adapter.tokenizer)
-            return res.metrics, {"higher_is_better": res.higher_is_better, "samples": res.samples, "docs": res.docs}
+            return res.metrics, {"higher_is_better": res.higher_is_better, "samples": res.samples, "docs": res.docs,
+                                 "of": self.count(task)}
         details: list[dict] = []
-        metrics = evaluate(self.adapter, prepared, batch_size=self.spec.batch_size, details=details,
+        metrics = evaluate(self.adapter, self.subset(task, docs), batch_size=self.spec.batch_size, details=details,
                            max_tokens_per_batch=self.spec.max_tokens_per_batch)
-        return {k: float(v) for k, v in metrics.items()}, {"docs": per_document(prepared.task.kind, details)}
+        return ({k: float(v) for k, v in metrics.items()},
+                {"docs": per_document(prepared.task.kind, details), "of": self.count(task)})
+
+    def count(self, task: str) -> int:
+        """How many documents the sweep evaluates of a task (its --limit or all it has)."""
+        from layercut.evaluation import harness
+
+        prepared = self.prepared[task]
+        if isinstance(prepared, harness.HarnessTask):
+            return harness.doc_count(prepared, self.spec.limit)
+        return len(prepared.items)
+
+    def subset(self, task: str, docs: tuple[int, ...]) -> Any:
+        """A layercut task's prepared documents, only those of `docs` (all when empty), in that order."""
+        prepared = self.prepared[task]
+        return dataclasses.replace(prepared, items=[prepared.items[i] for i in docs]) if docs else prepared
 
 
 def run_local(worker: Worker, units: list[Unit], on_result: Callable) -> None:
