@@ -77,14 +77,14 @@ def why_not_resamplable(scores: LayerScores) -> str | None:
 def resample(scores: LayerScores, draws: dict[str, np.ndarray]) -> LayerScores:
     """The scores recomputed from the samples `draws[domain]` (indices, repeats allowed) of each
     domain; a domain not in `draws` keeps all its samples."""
-    why = why_not_resamplable(scores)
-    if why:
-        raise LayercutError(why)
+    return _resample(scores, _all_arrays(scores), draws)
+
+
+def _resample(scores: LayerScores, arrays: dict[str, tuple[np.ndarray, ...]], draws: dict[str, np.ndarray]) -> LayerScores:
     domains = {}
-    for name, d in scores.domains.items():
-        stats, block, block_n, units = _arrays(d, scores.num_layers, name)
-        idx = np.sort(draws[name]) if name in draws else np.arange(len(stats))
-        domains[name] = from_samples(stats[idx], block[idx], block_n[idx], units[idx], keep=False)
+    for name, parts in arrays.items():
+        idx = np.sort(draws[name]) if name in draws else np.arange(len(parts[0]))
+        domains[name] = from_samples(*(a[idx] for a in parts), keep=False)
     return LayerScores(scores.num_layers, domains, scores.scope, scores.block_tokens, scores.model, dict(scores.meta))
 
 
@@ -110,9 +110,7 @@ def selection_stability(
     if bad:
         raise LayercutError(f"method(s) {', '.join(bad)} do not select from the scores alone: leave them out of "
                             "the stability analysis")
-    why = why_not_resamplable(scores)
-    if why:
-        raise LayercutError(why)
+    arrays = _all_arrays(scores)
     protect = None if protect is None else sorted(protect)
     budgets = sorted({int(k) for k in budgets if int(k) > 0})
     if not budgets or not methods:
@@ -132,7 +130,7 @@ def selection_stability(
     sizes = {name: d.samples for name, d in scores.domains.items()}
     for b in range(replicates):
         draws = {name: rng.integers(0, n, draw or n) for name, n in sizes.items()}
-        got = pick(resample(scores, draws))
+        got = pick(_resample(scores, arrays, draws))
         for m in methods:
             for k in budgets:
                 counts[m][k][got[m][k]] += 1
@@ -156,6 +154,13 @@ def selection_stability(
         jaccard={m: {str(k): v / replicates for k, v in by.items()} for m, by in jac.items()},
         domain_specific=specific,
     )
+
+
+def _all_arrays(scores: LayerScores) -> dict[str, tuple[np.ndarray, ...]]:
+    why = why_not_resamplable(scores)
+    if why:
+        raise LayercutError(why)
+    return {name: _arrays(d, scores.num_layers, name) for name, d in scores.domains.items()}
 
 
 def _arrays(d: DomainScores, L: int, name: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
