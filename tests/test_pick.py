@@ -46,7 +46,7 @@ def write_sweep(folder: Path, design: dict = DESIGN, *, docs: bool = True, heal:
     for i, (method, by_budget) in enumerate(design.items()):
         picks[(method, 0)] = []
         for k, rs in by_budget.items():
-            picks[(method, k)] = list(range(10 * (i + 1), 10 * (i + 1) + k))
+            picks[(method, k)] = list(range(10 * (i + 1) + k - 1, 10 * i + 9, -1))  # in selection order, not sorted
             for steps, lift in [(0, 0.0)] + ([(heal, 0.03)] if heal else []):
                 for (task, (nll, tokens)), r in zip(base.items(), rs):
                     log_unit(log, Unit(tuple(sorted(picks[(method, k)])), task, steps), nll / (r + lift), tokens, docs)

@@ -49,7 +49,7 @@ class Retention:
     r: dict[str, dict[str, list[float | None]]]  # domain -> method -> r per budget (None: not swept)
     low: dict[str, dict[str, list[float | None]]]  # the (1 - confidence) quantile of the replicates
     high: dict[str, dict[str, list[float | None]]]  # the confidence quantile
-    drops: dict[str, dict[int, list[int]]]  # method -> budget -> the layers it dropped
+    drops: dict[str, dict[int, list[int]]]  # method -> budget -> the layers it dropped, sorted
     replicates: int  # 0: point estimates only (low = high = r)
     seed: int
     confidence: float  # of each one-sided bound
@@ -165,7 +165,7 @@ def retention(
                      for q in (1.0 - confidence, confidence))
     drops: dict[str, dict[int, list[int]]] = {}
     for (m, k), g in df.groupby(["method", "budget"], sort=False):
-        drops.setdefault(str(m), {})[int(k)] = _layers(g["drop"].iloc[0])
+        drops.setdefault(str(m), {})[int(k)] = sorted(_layers(g["drop"].iloc[0]))  # a set, not a ranking
     return Retention(metric, domains, methods, budgets, point_r, low, high, drops, 0 if point else replicates,
                      seed, confidence)
 
