@@ -59,6 +59,10 @@ def test_h4_and_h5_shares_follow_the_truth():
     # fails), math's fall into k = 6 (.19) is steeper than spacing's (.12), so H4 fails with them
     assert true["H4"] > 0.7 and true["H4"] >= true["H2"] - 0.1 and true["H5"] > 0.9, true
     assert false["H4"] < 0.1 and false["H5"] < 0.1, false
+    a = analyze(df)
+    u = bootstrap(df, docs, replicates=20, seed=0)
+    u.annotate(a)  # analysis.json then carries each verdict's share
+    assert all(c.numbers["share"] == u.verdicts[s.key][c.id] for s in a.series for c in s.claims)
 
 
 def test_intervals_cover_the_truth_at_about_the_nominal_rate():

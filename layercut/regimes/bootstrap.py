@@ -27,7 +27,7 @@ import numpy as np
 import pandas as pd
 
 from layercut.errors import LayercutError
-from layercut.regimes import HOLDS, analyze
+from layercut.regimes import HOLDS, Analysis, analyze
 
 # (method, budget, task, metric) -> (per-document values, their weights), documents in task order
 DocValues = dict[tuple[str, int, str, str], tuple[np.ndarray, np.ndarray]]
@@ -53,6 +53,14 @@ class Uncertainty:
         """Methods whose difference from the leader at `budget` is beyond the interval."""
         cell = self.differences.get(series, {}).get(str(budget))
         return [m for m, (low, _) in cell["methods"].items() if low > 0] if cell else []
+
+    def annotate(self, analysis: Analysis) -> None:
+        """Put each claim's share of resamples into `analysis` (claim.numbers["share"]), so that
+        analysis.json carries the probabilities beside the verdicts."""
+        for s in analysis.series:
+            for c in s.claims:
+                if c.id in self.verdicts.get(s.key, {}):
+                    c.numbers["share"] = self.verdicts[s.key][c.id]
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
