@@ -124,7 +124,7 @@ def select(
     seed: int = typer.Option(0, help="Seed for `random`."),
     model: Optional[str] = typer.Option(None, help="Model (needed by `iterative`)."),
     calib: Optional[str] = typer.Option(None, help="Calibration set (needed by `iterative`)."),
-    out: Optional[Path] = typer.Option(None, help="Write the selection as JSON."),
+    out: Optional[Path] = typer.Option(None, help="Write the selection (with --stability: the stability) as JSON."),
     probe: Optional[Path] = typer.Option(None, help="probe.json from `layercut probe` (for `damage` and --guard)."),
     guard: bool = typer.Option(False, help="Protect the probe's critical layers first (method NAME+guard)."),
     allow: Optional[str] = typer.Option(None, help=ALLOW_HELP),
