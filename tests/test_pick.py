@@ -267,3 +267,17 @@ def test_cells_on_different_documents_are_not_paired(sweep_dir):
         pick(s.results, s.docs, {"math": 0.9}, replicates=10)
     general = pick(s.results, s.docs, {"general": 0.9}, replicates=10).chosen  # math is not read
     assert (general.budget, general.method) == (6, "c")  # c keeps .95 of general at k = 6, a .93
+
+
+def test_a_runner_up_with_the_same_layers_says_so(tmp_path, capsys):
+    """Two methods that chose the same layers are one checkpoint: d copies b's r, and its k = 4
+    cell is given b's layers (as a sweep does when two methods agree)."""
+    folder = write_sweep(tmp_path / "shared", {**DESIGN, "d": DESIGN["b"]})
+    table = pd.read_parquet(folder / "results.parquet")
+    at = lambda m: (table.method == m) & (table.budget == 4)
+    table.loc[at("d"), "drop"] = table.loc[at("b"), "drop"].iloc[0]
+    table.to_parquet(folder / "results.parquet", index=False)
+    code, out, err = run(["pick", "--sweep", folder, "--keep", "math=0.9,general=0.9", "--replicates", "20"], capsys)
+    assert code == 0, err
+    assert "pick: k = 4 with b, dropping layers 20,21,22,23" in out and "runner-up: k=4 d" in out
+    assert "runner-up d drops the same layers as b" in out.splitlines()

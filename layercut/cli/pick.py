@@ -63,7 +63,9 @@ def pick(
             table.add_row(f"{role}: k={cell.budget} {cell.method}",
                           *[_value(cell, d, bool(p.replicates)) for d in target])
     say(table)
-    if p.runner_up is not None and p.runner_up.misses:
+    if p.runner_up is not None and p.runner_up.drop == c.drop:
+        say(f"runner-up {p.runner_up.method} drops the same layers as {c.method}", highlight=False, markup=False)
+    elif p.runner_up is not None and p.runner_up.misses:
         say(f"runner-up {p.runner_up.method} misses {', '.join(p.runner_up.misses)} at k = {c.budget}",
             highlight=False, markup=False)
     if p.next is None:

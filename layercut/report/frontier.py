@@ -76,7 +76,8 @@ def pick_summary(p: Pick) -> str:
             f"{', '.join(map(str, c.drop))}): {cell_text(c)}.")
     if p.runner_up is not None:
         r = p.runner_up
-        text += (f" Runner-up at k = {r.budget}: `{r.method}` ({cell_text(r)}"
+        text += (f" Runner-up at k = {r.budget}: `{r.method}` ("
+                 + (f"the same layers as `{c.method}`" if r.drop == c.drop else cell_text(r))
                  + ("" if not r.misses else f"; misses {', '.join(r.misses)}") + ").")
     if p.next is not None:
         n = p.next
