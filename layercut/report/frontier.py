@@ -50,7 +50,7 @@ def frontier_blocks(sweep: Sweep, folder: Path, *, share: float = DEFAULT_SHARE,
     keep = {d: share for d in ret.domains if HEAL_TAG not in d}
     p = choose(ret, keep) if keep else None
     if p is not None:
-        B.append(("p", f"**Pick: keep {share:.0%} of the unpruned {ret.metric} on "
+        B.append(("p", f"**Pick: keep {100 * share:g} % of the unpruned {ret.metric} on "
                        f"{', '.join(keep)}.** {pick_summary(p)}"))
         if p.chosen is not None:
             B.append(("p", "Make it: " + "; then ".join(f"`{c}`" for c in prune_commands(
@@ -70,7 +70,8 @@ def best_method(ret: Retention, domain: str, j: int) -> str | None:
 def pick_summary(p: Pick) -> str:
     """The pick, its runner-up and the next budget's cost in a few sentences (markdown)."""
     if p.chosen is None:
-        return unmet(p).capitalize() + "."
+        why = unmet(p)
+        return why[0].upper() + why[1:] + "."
     c = p.chosen
     text = (f"The deepest cut that meets it is **k = {c.budget} with `{c.method}`** (drops "
             f"{', '.join(map(str, c.drop))}): {cell_text(c)}.")
@@ -138,7 +139,7 @@ def plot_frontier(ret: Retention, folder: Path, share: float = DEFAULT_SHARE, ch
             ax.errorbar([chosen.budget], [chosen.r[d]], yerr=[[chosen.r[d] - chosen.low[d]],
                         [chosen.high[d] - chosen.r[d]]], color="#c0392b", marker="*", markersize=11, capsize=3,
                         linestyle="none", zorder=5, label=f"pick: k={chosen.budget} {chosen.method}")
-        ax.axhline(share, color="#c0392b", linestyle=":", linewidth=1.2, label=f"keep {share:.0%}")
+        ax.axhline(share, color="#c0392b", linestyle=":", linewidth=1.2, label=f"keep {100 * share:g} %")
         ax.axhline(1.0, color="#777", linewidth=0.8, linestyle=":")
         ax.set_ylim(min([0.0, *lo]), max([1.0, *hi]) + 0.08)  # room above 1 for the labels
         ax.set_title(f"domain {d}", fontsize=10)
@@ -148,12 +149,12 @@ def plot_frontier(ret: Retention, folder: Path, share: float = DEFAULT_SHARE, ch
     fig.legend(handles, labels, loc="outside lower center", ncol=4, fontsize=9, frameon=False)
     fig.suptitle(f"budget–retention frontier ({ret.metric}): the best method at each budget", fontsize=11)
     save_png(fig, Path(folder) / FIGURE)
-    band = (f"the {ret.confidence:.0%} one-sided bounds of {ret.replicates} paired bootstrap resamples of the "
+    band = (f"the {100 * ret.confidence:g} % one-sided bounds of {ret.replicates} paired bootstrap resamples of the "
             "documents" if ret.replicates else "none: point estimates")
     return Figure(FIGURE, "Budget–retention frontier",
                   f"For each domain, the retention r ({ret.metric} relative to the unpruned model, 1 = unpruned) of "
                   "the best method at each budget, labelled with its name; band: " + band + ". Red dotted: the "
-                  f"target of the pick above ({share:.0%}); red star: the picked cell with its bounds.")
+                  f"target of the pick above ({100 * share:g} %); red star: the picked cell with its bounds.")
 
 
 # --------------------------------------------------------------------------- helpers
@@ -161,9 +162,9 @@ def plot_frontier(ret: Retention, folder: Path, share: float = DEFAULT_SHARE, ch
 
 def _how(ret: Retention, why: str) -> str:
     if ret.replicates:
-        sure = (f"[low, high] are the {1 - ret.confidence:.0%} and {ret.confidence:.0%} quantiles of {ret.replicates} "
-                f"paired bootstrap resamples of the documents (seed {ret.seed}): each end is a one-sided "
-                f"{ret.confidence:.0%} bound")
+        sure = (f"[low, high] are the {100 * (1 - ret.confidence):g} % and {100 * ret.confidence:g} % quantiles of "
+                f"{ret.replicates} paired bootstrap resamples of the documents (seed {ret.seed}): each end is a "
+                f"one-sided {100 * ret.confidence:g} % bound")
     else:
         sure = f"point estimates only: {why}"
     return (f"For every budget, the method that keeps the most of the unpruned {ret.metric} on each domain "
