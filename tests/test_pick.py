@@ -281,3 +281,12 @@ def test_a_runner_up_with_the_same_layers_says_so(tmp_path, capsys):
     assert code == 0, err
     assert "pick: k = 4 with b, dropping layers 20,21,22,23" in out and "runner-up: k=4 d" in out
     assert "runner-up d drops the same layers as b" in out.splitlines()
+
+
+def test_a_sweep_of_the_unpruned_model_alone_has_no_cut(sweep_dir):
+    from layercut.report import read_sweep
+
+    s = read_sweep(sweep_dir)
+    base = s.results[s.results.budget == 0]
+    with pytest.raises(LayercutError, match="no pruned cell of the sweep has nll on math: sweep a budget above 0"):
+        pick(base, s.docs, {"math": 0.5}, replicates=10)
