@@ -121,6 +121,7 @@ def test_analysis_json_matches_the_report(report):
 
 def test_rerun_replaces_the_report(sweep_dir, report, monkeypatch):
     monkeypatch.setattr(report_module, "draw_figures", lambda *args: [])  # the files, not the plots, matter here
+    monkeypatch.setattr(report_module, "frontier_blocks", lambda *args, **kwargs: [])  # it draws frontier.png
     (report / "stale.txt").write_text("old")
     again = write_report(sweep_dir)
     assert again == report and not (again / "stale.txt").exists()

@@ -14,12 +14,16 @@ Plots (matplotlib, no pyplot state):
   layer_scores.png      cosine per layer per domain, and 1 - cosine on a log scale (scores.json)
   block_distance.png    Gromov angular distance d(start, size) heatmaps (scores.json)
   dropped_layers.png    per method: budgets x layers, the dropped layers filled in
+  frontier.png          per domain: the best retention per budget with its bootstrap band, the
+                        target share and the deepest cut that keeps it (`frontier`, as `layercut pick`)
 
 - `sweep_folder`: `read_sweep` and its `Sweep` (results table, sweep.json, scores, probe), and
   the small readers of them that the figures and the document share.
 - `plotting`: the look every figure shares (panels, method styles, regime shading, budget axis).
 - `figures`: which figures a sweep gets (`draw_figures`), one `_plot_*` function per PNG.
 - `document`: the document as blocks (`build_document`) and its two writers, `render_markdown` and `render_html`.
+- `frontier`: the budget-retention frontier and the pick; `adaptive`: documents per cell of an
+  adaptive sweep and why each stopped. Both append their sections to the document.
 """
 
 from __future__ import annotations
@@ -28,7 +32,9 @@ from pathlib import Path
 
 from layercut import regimes
 from layercut.io import atomic_dir
+from layercut.report.adaptive import adaptive_section
 from layercut.report.document import build_document, render_html, render_markdown
+from layercut.report.frontier import frontier_blocks
 from layercut.report.figures import draw_figures
 from layercut.report.sweep_folder import Sweep, read_sweep, sweep_title
 
@@ -56,6 +62,8 @@ def write_report(sweep_dir: str | Path, out: str | Path | None = None, *, replic
     with atomic_dir(out, overwrite=True) as tmp:
         figures = draw_figures(sweep, analysis, tmp, u)
         blocks = build_document(sweep, analysis, figures, u)
+        blocks += adaptive_section(sweep.path, sweep.results)
+        blocks += frontier_blocks(sweep, tmp, replicates=replicates, seed=seed)
         (tmp / "report.md").write_text(render_markdown(blocks))
         (tmp / "report.html").write_text(render_html(blocks, tmp, sweep_title(sweep)))
         analysis.save(tmp / "analysis.json")
