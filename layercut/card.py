@@ -92,18 +92,25 @@ def heal_section(heal: dict[str, Any], verify: dict[str, Any]) -> list[str]:
     def nll(d: dict[str, float]) -> str:
         return ", ".join(f"{k} {v:.4f}" for k, v in d.items()) or "not measured"
 
+    if h.get("mode") == "interleaved":
+        how = (f"After pruning, layers {h['train_layers']} (original indices) were fine-tuned in full, every "
+               "other weight frozen (interleaved healing, as INTERLACE does).")
+        row = f"| trained | layers {h['train_layers']} in full ({h['trainable_parameters']:,} parameters) |"
+    else:
+        how = (f"After pruning, the {h['layers']} kept decoder layers were healed with a LoRA adapter "
+               "(merged into the weights; no adapter file is needed).")
+        row = (f"| LoRA | rank {h['rank']}, alpha {h['alpha']:g}, on {h['target_modules']} linear modules "
+               f"({h['trainable_parameters']:,} trained parameters) |")
     lines = [
         "## Healing",
         "",
-        (f"After pruning, the {h['layers']} kept decoder layers were healed with a LoRA adapter "
-         "(merged into the weights; no adapter file is needed)."),
+        how,
         "",
         "| | |",
         "|---|---|",
         f"| healed from | `{h.get('source', '')}` |",
         f"| data | `{h['data']}` ({h['samples']} samples) |",
-        (f"| LoRA | rank {h['rank']}, alpha {h['alpha']:g}, on {h['target_modules']} linear modules "
-         f"({h['trainable_parameters']:,} trained parameters) |"),
+        row,
         (f"| training | {h['steps']} steps, batch {h['batch_size']}, max length {h['max_length']}, "
          f"lr {h['lr']:g}, seed {h['seed']}, {h['tokens_seen']:,} target tokens |"),
         f"| time | {h['seconds']:.1f} s |",

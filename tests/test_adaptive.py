@@ -16,9 +16,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from layercut import api
 from layercut.sweep import LOG_FILE, SweepSpec, run_sweep
 from layercut.sweep.adaptive import ADAPTIVE_FILE, Cell, Rule, cp_upper, decide, schedule, sign_p, task_order
+from tests.test_sweep import scores_path  # noqa: F401 (the tiny model's scores, a fixture)
 
 METHODS = ["math", "bi", "block", "last", "uniform", "spacing"]
 TASKS = ["nll-math", "mmlu-science"]
@@ -112,13 +112,6 @@ def test_task_order_is_seeded_and_shared():
 # --- real sweeps -----------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def scores_path(tiny_text_dir, tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("scores") / "scores.json"
-    api.score(str(tiny_text_dir), "builtin:text:4", max_length=64).save(path)
-    return path
-
-
 def spec_for(model: Path, scores: Path, **kw) -> SweepSpec:
     base = dict(model=str(model), methods=METHODS, budgets=[0, 1, 2, 3], tasks=TASKS, scores=str(scores),
                 limit=20, adaptive={"first": 4, "alpha": 0.2})
@@ -153,6 +146,13 @@ def test_adaptive_sweep_evaluates_each_round_once_and_reports_why_cells_stopped(
         task = key.split("|")[0]
         n_used = df[(df.task == task) & (df.drop == key.split("|")[1])]["n"]
         assert (n_used == cell["documents"]).all(), key
+    # the report says it per cell, with intervals from what was evaluated
+    from layercut.report import write_report
+
+    md = (write_report(out, replicates=50) / "report.md").read_text()
+    assert "## Adaptive evaluation: documents per cell" in md
+    assert f"{state['evaluated']:,} document evaluations instead of {state['full']:,}" in md
+    assert "behind" in md or "all" in md
 
 
 def test_adaptive_resume_after_sigkill_equals_an_uninterrupted_run(tiny_text_dir, scores_path, tmp_path):
@@ -253,18 +253,3 @@ def test_adaptive_refusals_are_one_line_before_anything_is_written(tiny_text_dir
         assert len(lines) == 1 and says in lines[0], proc.stderr
         assert not out.exists()
 
-
-def test_adaptive_on_ray_gives_the_local_table_and_decisions(tiny_text_dir, scores_path, tmp_path):
-    ray = pytest.importorskip("ray")
-    spec = dict(methods=["math", "uniform", "last"], budgets=[0, 2, 3])
-    local = run_sweep(spec_for(tiny_text_dir, scores_path, **spec), tmp_path / "local")
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    try:
-        remote = run_sweep(spec_for(tiny_text_dir, scores_path, **spec), tmp_path / "ray", executor="ray", workers=2)
-    finally:
-        ray.shutdown()
-    cols = ["method", "budget", "task", "metric", "value", "n"]
-    key = ["method", "budget", "task", "metric"]
-    assert local[cols].sort_values(key).reset_index(drop=True).equals(remote[cols].sort_values(key).reset_index(drop=True))
-    assert json.loads((tmp_path / "local" / ADAPTIVE_FILE).read_text()) == \
-        json.loads((tmp_path / "ray" / ADAPTIVE_FILE).read_text())

@@ -173,6 +173,21 @@ def test_interleaved_heal_command_reads_the_interlace_recipe(tiny_text_dir, text
     assert changed and all(k.startswith(now) for k in changed)
 
 
+def test_heal_command_interleaved_trains_the_recipes_layers_and_says_so(tiny_text_dir, text_calib, tmp_path,  # noqa: F811
+                                                                         capsys):
+    pruned, healed_dir = tmp_path / "pruned", tmp_path / "healed"
+    code, _, err = run(["prune", "--model", tiny_text_dir, "--calib", text_calib, "--method", "interlace",
+                        "--budget", "1", "--out", pruned], capsys)
+    assert code == 0, err
+    train = json.loads((pruned / "layercut_recipe.json").read_text())["params"]["train"]
+    code, out, err = run(["heal", "--model", pruned, "--out", healed_dir, "--steps", "2", "--lr", "1e-3",
+                          "--interleaved"], capsys)
+    assert code == 0, err
+    assert f"healed layers {train} in full (" in " ".join(out.split()) and "reload verified" in out
+    card = " ".join((healed_dir / "README.md").read_text().split())
+    assert f"layers {train} (original indices) were fine-tuned in full" in card and "LoRA" not in card
+
+
 def test_interleaved_errors(tiny_text_dir, text_calib, tmp_path):  # noqa: F811
     from layercut.heal import heal_checkpoint
 

@@ -119,9 +119,12 @@ def test_killed_sweep_resumes_to_the_same_table(tiny_text_dir, scores_path, tmp_
     assert len(keys) == len(set(keys)) > before, "no lost or duplicated evaluation"
 
 
-def test_ray_executor_gives_the_local_table(tiny_text_dir, scores_path, tmp_path):
+@pytest.mark.parametrize("adaptive", [None, {"first": 2, "alpha": 0.5}], ids=["full", "adaptive"])
+def test_ray_executor_gives_the_local_table(adaptive, tiny_text_dir, scores_path, tmp_path):
+    """The same table from Ray actors as locally; an adaptive sweep's rounds (one actor pool for
+    all of them) also take the same decisions."""
     ray = pytest.importorskip("ray")
-    spec = dict(methods=["math", "uniform", "last"], budgets=[0, 2])
+    spec = dict(methods=["math", "uniform", "last"], budgets=[0, 2, 3], adaptive=adaptive)
     local = run_sweep(spec_for(tiny_text_dir, scores_path, **spec), tmp_path / "local")
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
@@ -129,6 +132,9 @@ def test_ray_executor_gives_the_local_table(tiny_text_dir, scores_path, tmp_path
     finally:
         ray.shutdown()
     pd.testing.assert_frame_equal(comparable(local), comparable(remote))
+    if adaptive:
+        decisions = [json.loads((tmp_path / d / "adaptive.json").read_text()) for d in ("local", "ray")]
+        assert decisions[0] == decisions[1] and decisions[0]["evaluated"] < decisions[0]["full"]
 
 
 def test_hybrid_gets_its_threshold_from_the_other_methods(tiny_text_dir, scores_path, tmp_path):

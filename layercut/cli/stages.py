@@ -39,8 +39,7 @@ def score(
     device_map: Optional[str] = typer.Option(None, help=DEVICE_MAP_HELP),
     offload_folder: Optional[Path] = typer.Option(None, help="Folder for weights a device map puts on 'disk' (default: a temporary one)."),
     max_tokens_per_batch: Optional[int] = typer.Option(None, min=1, help=MAX_TOKENS_HELP),
-    sample_stats: bool = typer.Option(True, help="Keep each calibration sample's per-layer sums in the file (a few "
-                                      "KB per sample), so `select --stability` can resample them without a model."),
+    no_sample_stats: bool = typer.Option(False, "--no-sample-stats", help="Leave out each calibration sample's per-layer sums (kept by default, a few KB per sample, for `select --stability`)."),
     overwrite: bool = typer.Option(False, help="Replace an existing output."),
 ) -> None:
     """Score every decoder layer per calibration domain in one streaming pass."""
@@ -59,7 +58,7 @@ def score(
         max_tokens_per_batch=max_tokens_per_batch,
     )
     for d in scores.domains.values():
-        d.per_sample = d.per_sample if sample_stats else {}
+        d.per_sample = {} if no_sample_stats else d.per_sample
     with atomic_file(out, overwrite=overwrite) as tmp_json, atomic_file(csv, overwrite=overwrite) as tmp_csv:
         scores.save(tmp_json)
         scores.to_frame().to_csv(tmp_csv, index=False)
@@ -278,13 +277,17 @@ def heal(
     seed: int = typer.Option(0),
     dtype: str = typer.Option("fp32", help="fp32 | bf16 | fp16 (LoRA weights train in fp32)."),
     overwrite: bool = typer.Option(False, help="Replace an existing output folder."),
+    interleaved: bool = typer.Option(False, "--interleaved", help="Instead of LoRA: fine-tune in full only the layers an INTERLACE selection named (the prune recipe's), all else frozen; try --lr 1e-4."),
+    train_layers: Optional[str] = typer.Option(None, help="Instead of LoRA: fine-tune these layers in full (original indices, e.g. 9,14,16), all else frozen.", metavar="LAYERS"),
 ) -> None:
-    """LoRA-heal the kept layers of a pruned model, merge, save, and verify the reload."""
+    """Heal a pruned model (LoRA on its kept layers, or --interleaved), save, verify the reload."""
     from layercut import api
     from layercut.extras import require
     from layercut.io import check_out
 
-    require("peft", "healing")  # before the progress bar: a missing extra is one line
+    layers = ui.layer_list(train_layers, "--train-layers")
+    if not (interleaved or layers):
+        require("peft", "healing")  # before the progress bar: a missing extra is one line
     check_out(out, overwrite)
     ui.writes(out)
     bar = ui.Bar(
@@ -299,12 +302,13 @@ def heal(
             model, out, data=data, steps=steps, rank=rank, alpha=alpha, lr=lr, seed=seed,
             batch_size=batch_size, max_length=max_length, dtype=dtype, overwrite=overwrite,
             progress=lambda step, loss: bar.update(task, completed=step, loss=f"{loss:.4f}"),
+            interleaved=interleaved, train_layers=layers,
         )
     before = ", ".join(f"{k} {v:.4f}" for k, v in stats.calib_nll_before.items())
     after = ", ".join(f"{k} {v:.4f}" for k, v in stats.calib_nll_after.items())
-    ui.out_console.print(
-        f"healed {stats.layers} layers ({stats.trainable_parameters:,} LoRA parameters, merged) "
-        f"for {stats.steps} steps in {stats.seconds:.1f} s on {stats.data}; "
-        f"calibration NLL {before} → {after}; reload verified"
-    )
+    what = (f"layers {stats.train_layers} in full ({stats.trainable_parameters:,} parameters, all else frozen)"
+            if stats.mode == "interleaved" else
+            f"{stats.layers} layers ({stats.trainable_parameters:,} LoRA parameters, merged)")
+    ui.out_console.print(f"healed {what} for {stats.steps} steps in {stats.seconds:.1f} s on {stats.data}; "
+                         f"calibration NLL {before} → {after}; reload verified")
     ui.console.print(f"wrote {out}")

@@ -109,7 +109,7 @@ class SeriesAnalysis:
     methods: list[str]
     budgets: list[int]
     baseline: float  # budget-0 value in metric units (1.0 for a domain series)
-    n: int | None  # fewest examples behind one value (None when unknown or a domain series)
+    n: int | None  # most examples behind one value (None when unknown or a domain series)
     normalisation: str  # how r was made from the values
     values: dict[str, list[float | None]]  # method -> value per budget, metric units (domain: r)
     scores: dict[str, list[float | None]]  # method -> r per budget

@@ -17,8 +17,9 @@ score). q_m is the 95 % quantile of the range of m independent standard normals 
 range with infinite degrees of freedom: 2.77 for 2 methods, 3.63 for 4, 4.17 for 7). sigma is
 the standard error of one method's r: sqrt(p (1 - p) / n) / v0, for metrics in [0, 1] where
 higher is better (per-example scores in [0, 1] have variance at most p (1 - p), so this bounds
-accuracy, exact match, ANLS, ...), with p the value of the series nearest 0.5 and n the fewest
-examples of its rows; a domain's sigma is sqrt(sum sigma_t^2) / T over its T tasks. Other metrics
+accuracy, exact match, ANLS, ...), with p the value of the series nearest 0.5 and n the most
+examples of its rows (all rows of a full sweep; in an adaptive sweep the close calls, which run to
+the end, while a cell that stopped early was decided by its own test); a domain's sigma is sqrt(sum sigma_t^2) / T over its T tasks. Other metrics
 (nll) have no sigma and use rel_floor alone. Methods scored on the same examples differ less than
 this independent-samples bound, so eps errs towards calling a difference noise.
 """
@@ -167,7 +168,9 @@ def task_raw(g: pd.DataFrame, task: str, metric: str, methods: list[str]) -> Raw
     if "n" in g.columns:
         ns = pd.to_numeric(g["n"], errors="coerce")
         ns = ns[ns > 0]
-        n = int(ns.min()) if len(ns) else None
+        # the most documents behind one value: a full sweep's every cell; an adaptive sweep's close
+        # calls, which ran to the end (the floor is what equally good methods show by chance)
+        n = int(ns.max()) if len(ns) else None
     sigma = None
     if higher and n and 0.0 <= min(seen) and max(seen) <= 1.0:
         p = min(seen, key=lambda v: abs(v - 0.5))

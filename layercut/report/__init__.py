@@ -56,6 +56,8 @@ def write_report(sweep_dir: str | Path, out: str | Path | None = None, *, replic
     sweep = read_sweep(sweep_dir)
     analysis = regimes.analyze(sweep.results)
     u = bootstrap(sweep.results, sweep.docs, replicates=replicates, seed=seed) if sweep.docs and replicates else None
+    if u is not None:
+        u.annotate(analysis)  # each claim's bootstrap share into analysis.json
     if sweep.docs and not replicates:
         sweep.no_docs = "the report was written with 0 bootstrap resamples"
     out = Path(out) if out is not None else sweep.path / REPORT_DIR

@@ -59,7 +59,7 @@ from layercut.sweep.spec import (
     parse_budgets,
     resume_spec,
 )
-from layercut.sweep.workers import Worker, run_local, run_ray
+from layercut.sweep.workers import Worker, ray_pool, run_local, run_ray
 
 __all__ = ["COLUMNS", "HARNESS_LOG", "HEAL_TAG", "LOG_FILE", "PROBE_FILE", "SPEC_FILE", "ResultsLog", "SweepSpec", "Unit",
            "check_folder", "check_spec", "parse_budgets", "plan_selections", "resume_spec", "run_sweep"]
@@ -244,6 +244,7 @@ def _run_phases(spec: SweepSpec, out: Path, log: ResultsLog, phases: list[list[s
                 picks: dict[tuple[str, int], list[int]], scores: Any, adapter: Any, executor: str, path: str,
                 worker: Any, workers: int | None, progress: Callable[[int, int], None] | None) -> pd.DataFrame:
     """Evaluate the cells, phase by phase (hybrid last when its threshold comes from the others)."""
+    pool: list[Any] = []  # Ray actors, made on first use
     for i, methods in enumerate(phases):
         if i:  # hybrid: its threshold found in the other methods' results unless given
             if spec.options.get("hybrid_threshold") is None:
@@ -271,8 +272,9 @@ def _run_phases(spec: SweepSpec, out: Path, log: ResultsLog, phases: list[list[s
         def execute(todo: list[Unit]) -> None:
             if executor == "local":
                 run_local(worker, todo, on_result)
-            else:
-                run_ray(spec, path, todo, on_result, workers)
+            else:  # the actors (and their loaded models) serve every round and phase
+                pool[:] = pool or ray_pool(spec, path, workers)
+                run_ray(spec, path, todo, on_result, workers, pool)
 
         if spec.adaptive:
             from layercut.evaluation import HIGHER_IS_BETTER

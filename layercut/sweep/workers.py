@@ -170,12 +170,10 @@ def _chunks(units: list[Unit], n: int) -> list[list[Unit]]:
     return pieces
 
 
-def run_ray(spec: SweepSpec, path: str, units: list[Unit], on_result: Callable, workers: int | None) -> None:
+def ray_pool(spec: SweepSpec, path: str, workers: int | None) -> list[Any]:
     """One actor per GPU where the cluster has GPUs (`num_gpus=1` each, the model on its own
-    device), else one per CPU; each loads the model once and takes chunks of units as it comes
-    free. An actor that dies is restarted by Ray (it reloads the model) and its chunk goes back
-    to the front of the queue, for the next free actor; two losses of the same chunk end the
-    sweep (the units already logged stay, so `--resume` picks up from there)."""
+    device), else one per CPU; each loads the model once, and serves every later `run_ray` call
+    it is given to (an adaptive sweep's rounds)."""
     ray = require("ray", "--executor ray")
     if not ray.is_initialized():
         ray.init(address=os.environ.get("RAY_ADDRESS"), include_dashboard=False,
@@ -185,10 +183,20 @@ def run_ray(spec: SweepSpec, path: str, units: list[Unit], on_result: Callable, 
     n = workers or max(1, gpus or int(resources.get("CPU", 1)))
     if gpus:  # each actor sees its one GPU as device 0
         actor = ray.remote(num_gpus=1, max_restarts=1)(Worker)
-        pool = [actor.remote(spec, path, device=None if spec.device_map else "cuda") for _ in range(n)]
-    else:
-        actor = ray.remote(num_cpus=1, max_restarts=1)(Worker)
-        pool = [actor.remote(spec, path) for _ in range(n)]
+        return [actor.remote(spec, path, device=None if spec.device_map else "cuda") for _ in range(n)]
+    actor = ray.remote(num_cpus=1, max_restarts=1)(Worker)
+    return [actor.remote(spec, path) for _ in range(n)]
+
+
+def run_ray(spec: SweepSpec, path: str, units: list[Unit], on_result: Callable, workers: int | None,
+            pool: list[Any] | None = None) -> None:
+    """The units over the actors of `pool` (default: a new `ray_pool`), in chunks each actor takes
+    as it comes free. An actor that dies is restarted by Ray (it reloads the model) and its chunk
+    goes back to the front of the queue, for the next free actor; two losses of the same chunk
+    end the sweep (the units already logged stay, so `--resume` picks up from there)."""
+    ray = require("ray", "--executor ray")
+    pool = pool or ray_pool(spec, path, workers)
+    n = len(pool)
     queue = list(enumerate(_chunks(units, n)))
     lost: dict[int, int] = {}  # chunk -> times an actor died on it
     deaths = [0] * len(pool)  # per actor: a second death means its restart is used up too
