@@ -281,8 +281,8 @@ def vlm_experiment(
 
     spec = SweepSpec(model=model, methods=methods or VLM_METHODS, budgets=parse_budgets(budgets),
                      tasks=VLM_TASKS, scores=str(out / "scores.json"), limit=limit)
-    console.rule(f"sweep: {len(spec.methods)} methods x {len(spec.budgets)} budgets on "
-                 f"{', '.join(spec.tasks)} ({limit} questions each)")
+    console.rule(f"sweep: {len(spec.methods)} methods x {len(spec.budgets)} budgets x {len(spec.tasks)} tasks")
+    console.print(f"tasks {', '.join(spec.tasks)}, {limit} questions each", highlight=False)
     t1 = time.perf_counter()
     sweep_dir = out / "sweep"
     if progress is not None:
