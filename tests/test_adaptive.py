@@ -253,3 +253,25 @@ def test_adaptive_refusals_are_one_line_before_anything_is_written(tiny_text_dir
         assert len(lines) == 1 and says in lines[0], proc.stderr
         assert not out.exists()
 
+
+
+def test_the_bootstrap_keeps_a_cell_whose_documents_a_draw_missed():
+    """An adaptive cell with 1 document of 64 (weight 0 elsewhere): a draw that misses it leaves
+    the cell at its value instead of 0."""
+    import pandas as pd
+
+    from layercut.regimes.bootstrap import bootstrap, cell_key
+
+    n = 64
+    rows = [{"method": m, "budget": k, "task": "t", "domain": "math", "metric": "nll", "value": v,
+             "higher_is_better": False, "drop": d, "n": c}
+            for m, k, v, d, c in (("a", 0, 2.0, "", n), ("b", 0, 2.0, "", n), ("a", 2, 3.0, "1,2", n),
+                                  ("b", 2, 5.0, "3,4", 1))]
+    df = pd.DataFrame(rows)
+    ones = np.ones(n)
+    one = np.zeros(n)
+    one[0] = 1.0
+    docs = {("a", 0, "t", "nll"): (2 * ones, ones), ("b", 0, "t", "nll"): (2 * ones, ones),
+            ("a", 2, "t", "nll"): (3 * ones, ones), ("b", 2, "t", "nll"): (5 * one, one)}
+    u = bootstrap(df, docs, replicates=400, seed=0)
+    assert u.intervals[cell_key("b", 2, "t", "nll")] == [5.0, 5.0]

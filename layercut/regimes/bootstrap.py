@@ -119,7 +119,8 @@ def bootstrap(
         for n, parts in groups.values():  # one draw per task: every method and budget shares it
             counts = np.bincount(rng.integers(0, n, draw or n), minlength=n)
             for rows, vw, w in parts:
-                current[rows] = (vw @ counts) / np.maximum(w @ counts, 1e-300)
+                wc = w @ counts  # 0 where a draw missed every document a cell evaluated (adaptive): keep it
+                current[rows] = np.where(wc > 0, (vw @ counts) / np.maximum(wc, 1e-300), base[rows])
         values[b] = current
         analysis = analyze(df.assign(value=current), **analyze_options)
         for s in analysis.series:

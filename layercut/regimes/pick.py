@@ -159,7 +159,8 @@ def retention(
         values = np.tile(df["value"].to_numpy(dtype=float), (replicates, 1))
         for n, rows, vw, w in _draws(df, docs, tasks, metric):  # one draw per task and replicate
             counts = np.stack([np.bincount(rng.integers(0, n, n), minlength=n) for _ in range(replicates)])
-            values[:, rows] = (counts @ vw.T) / np.maximum(counts @ w.T, 1e-300)
+            wc = counts @ w.T  # 0 where a draw missed every document a cell evaluated (adaptive): keep it
+            values[:, rows] = np.where(wc > 0, (counts @ vw.T) / np.maximum(wc, 1e-300), values[:, rows])
         reps = domain_r(values, df, tasks, domains, methods, budgets)
         low, high = (_nested(np.quantile(reps, q, axis=0), domains, methods, point_r)
                      for q in (1.0 - confidence, confidence))
