@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from layercut.report.sweep_folder import parse_layers
 from layercut.sweep.adaptive import ADAPTIVE_FILE, REASONS, Rule
 from layercut.sweep.spec import Unit
 
@@ -47,7 +48,7 @@ def adaptive_section(folder: Path, results: pd.DataFrame) -> list[tuple]:
                 if hit.empty:
                     line.append("")
                     continue
-                drop = tuple(int(x) for x in str(hit["drop"].iloc[0]).split(",") if x.strip() and x != "<NA>")
+                drop = tuple(parse_layers(hit["drop"].iloc[0]))
                 cell = cells.get(Unit(drop, task).key)
                 n = int(hit["n"].iloc[0])
                 line.append(f"{n} ref" if not drop else f"{n} {SHORT.get(cell['reason'], cell['reason'])}"
