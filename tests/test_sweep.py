@@ -178,3 +178,61 @@ def test_heal_steps_add_healed_series_that_equal_healing_by_hand(tiny_text_dir, 
 
     md = (write_report(tmp_path / "h") / "report.md").read_text()
     assert "Before and after healing" in md and "nll-math+heal3" in md
+
+
+def test_heal_interleaved_trains_each_picks_own_layers_and_equals_healing_by_hand(tiny_text_dir, scores_path,
+                                                                                   tmp_path):
+    """--heal interleaved: each healed cell fine-tunes its pick's layers in full (INTERLACE's own,
+    `train_next`'s for the others), as `healed(train_layers=...)` does by hand; the unpruned pick
+    has none to train and equals its unhealed cell; resume changes nothing; pick prints them."""
+    from layercut import selection
+    from layercut.heal import healed
+    from layercut.interlace import train_next
+    from layercut.report.frontier import prune_commands, trained_layers
+    from layercut.report.sweep_folder import read_sweep
+    from layercut.regimes.pick import pick
+    from layercut.scoring import LayerScores
+
+    kw = dict(methods=["interlace", "math"], budgets=[0, 1], tasks=["nll-math"], limit=3, calib="builtin:text:2",
+              heal_steps=2, heal="interleaved", heal_lr=1e-3)
+    df = run_sweep(spec_for(tiny_text_dir, scores_path, **kw), tmp_path / "il")
+    scores = LayerScores.load(scores_path)
+    il = selection.select(scores, "interlace", 1, num_layers=6, protect={0, 5})
+    math = selection.select(scores, "math", 1, num_layers=6, protect={0, 5})
+    want = {"interlace": il.train, "math": train_next(math.drop, 6, {0, 5})}
+    assert want["interlace"] and want["math"]
+    healed_rows = df[(df.task == "nll-math+heal2") & (df.metric == "nll")].set_index(["method", "budget"])
+    for m, train in want.items():
+        assert healed_rows.loc[(m, 1), "train"] == ",".join(map(str, train))
+    assert set(df[df.task == "nll-math"]["train"]) == {""} and healed_rows.loc[("math", 0), "train"] == ""
+    plain = df[(df.task == "nll-math") & (df.metric == "nll")].set_index(["method", "budget"])["value"]
+    assert healed_rows.loc[("math", 0), "value"] == plain[("math", 0)]  # nothing to train: the model as is
+    adapter = models.load(str(tiny_text_dir))
+    prepared = prepare("nll-math", adapter, limit=3)
+    data = api.calibration("builtin:text:2")
+    for m, sel in (("interlace", il), ("math", math)):
+        kept = [i for i in range(6) if i not in sel.drop]
+        with surgery.skipped(adapter, sel.drop), healed(adapter, data, steps=2, seed=0, lr=1e-3, measure=False,
+                                                          train_layers=want[m], kept=kept):
+            by_hand = evaluate(adapter, prepared)["nll"]
+        assert healed_rows.loc[(m, 1), "value"] == pytest.approx(by_hand, rel=1e-5)
+        assert healed_rows.loc[(m, 1), "value"] != plain[(m, 1)]
+    before = (tmp_path / "il" / LOG_FILE).read_text()
+    again = run_sweep(spec_for(tiny_text_dir, scores_path, **kw), tmp_path / "il", resume=True)
+    assert (tmp_path / "il" / LOG_FILE).read_text() == before and comparable(again).equals(comparable(df))
+    with pytest.raises(LayercutError, match="--heal-lr 0.0005 differs .*rerun with --heal-lr 0.001"):
+        run_sweep(spec_for(tiny_text_dir, scores_path, **{**kw, "heal_lr": 5e-4}), tmp_path / "il", resume=True)
+    s = read_sweep(tmp_path / "il")  # the bootstrap finds each healed cell's per-document values
+    assert ("interlace", 1, "nll-math+heal2", "nll") in s.docs
+    chosen = pick(s.results, s.docs, {"math+heal2": 0.01}, replicates=20).chosen
+    commands = prune_commands(s.spec, chosen, tmp_path / "out", {"math+heal2": 0.01}, trained_layers(s.results, chosen))
+    assert f"--train-layers {','.join(map(str, want[chosen.method]))}" in commands[1] and "--lr 0.001" in commands[1]
+
+
+@pytest.mark.parametrize("kw, match", [({"heal": "full", "heal_steps": 2, "calib": "builtin:text:2"}, "--heal full"),
+                                       ({"heal": "interleaved"}, "add --heal-steps"),
+                                       ({"heal_lr": 0.0, "heal_steps": 2, "calib": "builtin:text:2"}, "--heal-lr")])
+def test_heal_options_refused_in_one_line(tiny_text_dir, scores_path, tmp_path, kw, match):
+    with pytest.raises(LayercutError, match=match):
+        run_sweep(spec_for(tiny_text_dir, scores_path, **kw), tmp_path / "bad")
+    assert not (tmp_path / "bad").exists()

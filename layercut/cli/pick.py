@@ -30,7 +30,7 @@ def pick(
     """The deepest cut (and method) that keeps a share of the unpruned score on every named domain."""
     from layercut.regimes.pick import parse_keep
     from layercut.regimes.pick import pick as choose_cut
-    from layercut.report.frontier import default_out, prune_commands
+    from layercut.report.frontier import default_out, prune_commands, trained_layers
     from layercut.report.sweep_folder import read_sweep
 
     target = parse_keep(keep)  # a bad --keep is one line before anything is read
@@ -41,7 +41,7 @@ def pick(
                        point=point_estimates)
     c = p.chosen
     folder = out or default_out(s.path, c)
-    commands = prune_commands(s.spec, c, folder, target)
+    commands = prune_commands(s.spec, c, folder, target, trained_layers(s.results, c))
     if as_json:
         answer = {"sweep": str(s.path), "model": s.spec.get("model"), **p.to_dict(), "out": str(folder),
                   "commands": commands}

@@ -265,8 +265,11 @@ def _heal_section(sweep: Sweep, a: Analysis) -> list[tuple]:
     if not healed:
         return []
     steps = sweep.spec.get("heal_steps", "?")
+    how = ("steps of interleaved fine-tuning (one layer per dropped layer trained in full, everything else "
+           "frozen; the layers are the results table's `train`)" if sweep.spec.get("heal") == "interleaved"
+           else "LoRA steps")
     B: list[tuple] = [("h", 2, "Before and after healing"),
-                      ("p", (f"Every cell was also evaluated after {steps} LoRA steps on the calibration data "
+                      ("p", (f"Every cell was also evaluated after {steps} {how} on the calibration data "
                              "(`TASK+heal` series; their regimes are in the tables above). Winner: the best "
                              f"method by {a.primary_metric} at each budget (ties listed together)."))]
     for task in healed:

@@ -15,6 +15,8 @@ import shlex
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
+
 from layercut.errors import LayercutError
 from layercut.regimes.pick import HEAL_TAG, Cell, Pick, Retention, choose, retention, unmet
 from layercut.report.plotting import budget_axis, panel_grid, save_png
@@ -99,10 +101,21 @@ def default_out(sweep_dir: Path, c: Cell) -> Path:
     return Path(sweep_dir).parent / f"pruned-{re.sub(r'[^A-Za-z0-9_.-]+', '-', c.method)}-k{c.budget}"
 
 
-def prune_commands(spec: dict[str, Any], c: Cell, out: Path, keep: dict[str, float]) -> list[str]:
+def trained_layers(results: pd.DataFrame, c: Cell) -> list[int]:
+    """The layers a `--heal interleaved` sweep fine-tuned in full for the cell (its `train`)."""
+    if "train" not in results.columns:
+        return []
+    rows = results[(results.method == c.method) & (results.budget == c.budget)]
+    found = [str(t) for t in rows["train"] if str(t).strip() not in ("", "nan", "<NA>")]
+    return [int(x) for x in found[0].split(",")] if found else []
+
+
+def prune_commands(spec: dict[str, Any], c: Cell, out: Path, keep: dict[str, float],
+                   train: list[int] | None = None) -> list[str]:
     """The command(s) that make the picked checkpoint: `layercut prune` with the cell's layers and
     the sweep's own protect / allow / dtype, then `layercut heal` as the sweep healed when the
-    target names healed domains (DOMAIN+healN)."""
+    target names healed domains (DOMAIN+healN): its steps, seed, learning rate and, for an
+    interleaved sweep, the layers it trained (`train`)."""
     cmd = ["layercut", "prune", "--model", str(spec.get("model", "MODEL")), "--drop", ",".join(map(str, c.drop)),
            "--out", str(out)]
     if str(spec.get("protect", "default")) != "default":
@@ -116,6 +129,10 @@ def prune_commands(spec: dict[str, Any], c: Cell, out: Path, keep: dict[str, flo
     if steps:
         heal = ["layercut", "heal", "--model", str(out), "--out", f"{out}-heal{steps.pop()}",
                 "--steps", str(spec.get("heal_steps", 0)), "--seed", str(spec.get("seed", 0))]
+        if spec.get("heal_lr", 5e-4) != 5e-4:
+            heal += ["--lr", f"{spec['heal_lr']:g}"]
+        if spec.get("heal") == "interleaved" and train:
+            heal += ["--train-layers", ",".join(map(str, train))]
         if spec.get("calib"):
             heal += ["--data", str(spec["calib"])]
         out_cmds.append(shlex.join(heal))

@@ -54,11 +54,12 @@ def read_sweep(sweep_dir: str | Path) -> Sweep:
     if parquet.is_file():
         results = pd.read_parquet(parquet)
     elif csv.is_file():
-        results = pd.read_csv(csv, dtype={"drop": "string", "method": str, "task": str, "domain": str})
+        results = pd.read_csv(csv, dtype={"drop": "string", "train": "string", "method": str, "task": str, "domain": str})
     else:
         raise LayercutError(f"no results.parquet or results.csv in '{path}': run `layercut sweep` (it writes them)")
-    if "drop" in results.columns:
-        results["drop"] = results["drop"].astype("string").fillna("").astype(str)
+    for col in ("drop", "train"):  # layer lists; an empty one reads back as NA
+        if col in results.columns:
+            results[col] = results[col].astype("string").fillna("").astype(str)
     spec: dict[str, Any] = {}
     if (path / "sweep.json").is_file():
         try:
@@ -77,8 +78,7 @@ def truncated_shares(path: Path, results: pd.DataFrame) -> dict:
     """{(method, budget, task): share of answers that hit max_new_tokens} for the result rows whose
     cell recorded it (generate tasks; sweeps written before layercut recorded it have none)."""
     from layercut.sweep import LOG_FILE
-    from layercut.sweep.log import read_records
-    from layercut.sweep.spec import HEAL_TAG, Unit
+    from layercut.sweep.log import read_records, row_unit
 
     log = path / LOG_FILE
     if not log.is_file() or results.empty:
@@ -88,9 +88,7 @@ def truncated_shares(path: Path, results: pd.DataFrame) -> dict:
               if "truncated" in rec.get("metrics", {})}
     out = {}
     for r in results.drop_duplicates(["method", "budget", "task"]).itertuples(index=False):
-        task, _, steps = str(r.task).partition(HEAL_TAG)
-        drop = tuple(sorted(int(x) for x in str(r.drop).split(",") if x.strip() and x.strip() != "<NA>"))
-        key = Unit(drop, task, int(steps) if steps else 0).key
+        key = row_unit(r).key
         if key in shares:
             out[(str(r.method), int(r.budget), str(r.task))] = shares[key]
     return out

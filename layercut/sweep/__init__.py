@@ -46,11 +46,12 @@ import pandas as pd
 
 from layercut.errors import LayercutError
 from layercut.selection import GUARD
-from layercut.sweep.log import COLUMNS, LOG_FILE, ResultsLog
+from layercut.sweep.log import COLUMNS, LOG_FILE, Picks, ResultsLog
 
 HARNESS_LOG = "harness.log"  # what lm-eval and lmms-eval print during a sweep (`harness.quiet`)
 from layercut.sweep.spec import (
     ENGINES,
+    HEAL_MODES,
     HEAL_TAG,
     PROBE_FILE,
     SPEC_FILE,
@@ -70,11 +71,14 @@ __all__ = ["COLUMNS", "HARNESS_LOG", "HEAL_TAG", "LOG_FILE", "PROBE_FILE", "SPEC
 
 def plan_selections(
     spec: SweepSpec, scores: Any, adapter: Any = None, methods: Iterable[str] | None = None,
-    profile: Any = None, threshold: int | None = None,
-) -> dict[tuple[str, int], list[int]]:
+    profile: Any = None, threshold: int | None = None, trains: Picks | None = None,
+) -> Picks:
     """(method, budget) -> drop list, for the given methods (default: the spec's); `profile`, the
-    damage profile (default: the spec's probe file); `threshold`, hybrid's (default: the spec's)."""
+    damage profile (default: the spec's probe file); `threshold`, hybrid's (default: the spec's).
+    `trains`, when given, is filled with each pick's layers to fine-tune in full
+    (`interlace.train_layers`: INTERLACE's own, else the next kept layer after each drop)."""
     from layercut import selection
+    from layercut.interlace import train_layers, train_next
     from layercut.data.calibration import calibration
     from layercut.engine import calibration_loss_fn
 
@@ -99,6 +103,8 @@ def plan_selections(
                                    loss_fn=loss_fn, guard=options.get("guard"))
             for k in spec.budgets:
                 picks[(method, k)] = sel.drop[:k]
+                if trains is not None:
+                    trains[(method, k)] = train_next(sel.drop[:k], spec.num_layers, protect)
             continue
         given = threshold if threshold is not None else spec.options.get("hybrid_threshold")
         extra = {"threshold": given} if base == "hybrid" else {}
@@ -108,6 +114,8 @@ def plan_selections(
                 **options, **extra,
             )
             picks[(method, k)] = sel.drop
+            if trains is not None:
+                trains[(method, k)] = train_layers(sel)
     return picks
 
 
@@ -171,7 +179,8 @@ def run_sweep(
     profile = _probe_for(spec, out, adapter)
     hybrid = [m for m in spec.methods if m.removesuffix(GUARD) == "hybrid"]
     phases = [[m for m in spec.methods if m not in hybrid]] + ([hybrid] if hybrid else [])
-    picks: dict[tuple[str, int], list[int]] = plan_selections(spec, scores, adapter, phases[0], profile)
+    trains: Picks | None = {} if spec.heal_steps and spec.heal == "interleaved" else None
+    picks = plan_selections(spec, scores, adapter, phases[0], profile, trains=trains)
     if hybrid and spec.options.get("hybrid_threshold") is None:
         plan_selections(spec, scores, adapter, hybrid, profile, threshold=max(spec.budgets) + 1)
 
@@ -192,7 +201,8 @@ def run_sweep(
             if worker is not None:
                 worker.harness_log = out / HARNESS_LOG
         log = ResultsLog(out, domains)
-        return _run_phases(spec, out, log, phases, picks, scores, adapter, executor, path, worker, workers, progress)
+        return _run_phases(spec, out, log, phases, picks, trains, scores, adapter, executor, path, worker, workers,
+                           progress)
     except BaseException:
         if created and (log is None or not log.done):  # refused or stopped before its first cell
             shutil.rmtree(out, ignore_errors=True)
@@ -234,16 +244,23 @@ def check_spec(spec: SweepSpec, scores: Any = None) -> None:
     if spec.heal_steps < 0 or (spec.heal_steps and not spec.calib):
         raise LayercutError("--heal-steps heals every cell on the calibration data: give a positive "
                             "number of steps and --calib")
+    if spec.heal not in HEAL_MODES:
+        raise LayercutError(f"--heal {spec.heal}: use {' or '.join(HEAL_MODES)}")
+    if spec.heal != "lora" and not spec.heal_steps:
+        raise LayercutError(f"--heal {spec.heal} says how healed cells heal: add --heal-steps N (and --calib)")
+    if not spec.heal_lr > 0:
+        raise LayercutError(f"--heal-lr {spec.heal_lr}: the learning rate must be positive")
     if spec.engine not in ENGINES:
         raise LayercutError(f"unknown engine '{spec.engine}': use {', '.join(ENGINES)}")
     if any(m.removesuffix(GUARD) == "iterative" for m in spec.methods) and not spec.calib:
         raise LayercutError("method 'iterative' measures calibration loss: pass --calib")
 
 
-def _run_phases(spec: SweepSpec, out: Path, log: ResultsLog, phases: list[list[str]],
-                picks: dict[tuple[str, int], list[int]], scores: Any, adapter: Any, executor: str, path: str,
-                worker: Any, workers: int | None, progress: Callable[[int, int], None] | None) -> pd.DataFrame:
-    """Evaluate the cells, phase by phase (hybrid last when its threshold comes from the others)."""
+def _run_phases(spec: SweepSpec, out: Path, log: ResultsLog, phases: list[list[str]], picks: Picks,
+                trains: Picks | None, scores: Any, adapter: Any, executor: str, path: str, worker: Any,
+                workers: int | None, progress: Callable[[int, int], None] | None) -> pd.DataFrame:
+    """Evaluate the cells, phase by phase (hybrid last when its threshold comes from the others);
+    with `trains`, healed cells heal by interleaved fine-tuning of those layers."""
     pool: list[Any] = []  # Ray actors, made on first use
     for i, methods in enumerate(phases):
         if i:  # hybrid: its threshold found in the other methods' results unless given
@@ -253,10 +270,11 @@ def _run_phases(spec: SweepSpec, out: Path, log: ResultsLog, phases: list[list[s
                 spec.options["hybrid_threshold"] = found if found is not None else max(spec.budgets) + 1
                 spec.options["hybrid_threshold_found"] = found is not None
                 spec.save(out / SPEC_FILE)
-            picks.update(plan_selections(spec, scores, adapter, methods))
+            picks.update(plan_selections(spec, scores, adapter, methods, trains=trains))
         heals = [0, spec.heal_steps] if spec.heal_steps else [0]
         units = list(dict.fromkeys(
-            Unit(tuple(sorted(drop)), t, h) for h in heals for drop in picks.values() for t in spec.tasks
+            Unit(tuple(sorted(drop)), t, h, tuple(trains[mk]) if h and trains is not None else ())
+            for h in heals for mk, drop in picks.items() for t in spec.tasks
         ))
         todo = [u for u in units if u.key not in log.done]
         total, done = len(units), len(units) - len(todo)
@@ -264,7 +282,7 @@ def _run_phases(spec: SweepSpec, out: Path, log: ResultsLog, phases: list[list[s
         def on_result(unit: Unit, metrics: dict[str, float], seconds: float, extra: dict[str, Any]) -> None:
             nonlocal done
             log.add(unit, metrics, seconds, extra)
-            log.write_tables(picks, spec.tasks, spec.heal_steps)
+            log.write_tables(picks, spec.tasks, spec.heal_steps, trains)
             done += 1
             if progress and not spec.adaptive:
                 progress(done, total)
@@ -290,7 +308,7 @@ def _run_phases(spec: SweepSpec, out: Path, log: ResultsLog, phases: list[list[s
         if progress:
             progress(done, total)
         execute(todo)
-    return log.write_tables(picks, spec.tasks, spec.heal_steps)
+    return log.write_tables(picks, spec.tasks, spec.heal_steps, trains)
 
 
 def _counter(spec: SweepSpec, adapter: Any) -> Callable[[str], int]:

@@ -33,8 +33,9 @@ LOG_FILE = "cells.jsonl"
 SAMPLES_DIR = "samples"
 COLUMNS = [
     "method", "budget", "task", "domain", "metric", "value", "higher_is_better",
-    "drop", "n", "seconds", "shared",
+    "drop", "n", "seconds", "shared", "train",
 ]
+Picks = dict[tuple[str, int], list[int]]  # (method, budget) -> layers: the drop sets, or the layers to train
 
 
 
@@ -66,6 +67,8 @@ class ResultsLog:
         "samples"."""
         rec = {"key": unit.key, "task": unit.task, "drop": list(unit.drop), "metrics": metrics,
                "seconds": seconds, "heal": unit.heal}
+        if unit.train:
+            rec["train"] = list(unit.train)
         extra = extra or {}
         if unit.docs:
             rec.update(whole=unit.whole.key, part=unit.part, index=list(unit.docs), of=extra["of"])
@@ -90,21 +93,24 @@ class ResultsLog:
             return re.sub(r"[^A-Za-z0-9._@+-]+", "_", text) or "none"
 
         rel = Path(SAMPLES_DIR) / safe(unit.task) / f"{safe(','.join(map(str, unit.drop)) or 'none')}" \
-            f"{f'-heal{unit.heal}' if unit.heal else ''}{f'-part{unit.part}' if unit.docs else ''}.jsonl"
+            f"{f'-heal{unit.heal}' if unit.heal else ''}{f'-train{safe(chr(44).join(map(str, unit.train)))}' if unit.train else ''}" \
+            f"{f'-part{unit.part}' if unit.docs else ''}.jsonl"
         with atomic_file(self.folder / rel, overwrite=True) as tmp:
             tmp.write_text("".join(json.dumps(r, default=str) + "\n" for r in samples), encoding="utf-8")
         return rel.as_posix()
 
-    def table(self, picks: dict[tuple[str, int], list[int]], tasks: list[str], heal: int = 0) -> pd.DataFrame:
+    def table(self, picks: Picks, tasks: list[str], heal: int = 0, trains: Picks | None = None) -> pd.DataFrame:
         """One row per (method, budget, task, metric) whose unit is done; with `heal`, healed
-        cells again as task TASK+healN of domain DOMAIN+healN."""
+        cells again as task TASK+healN of domain DOMAIN+healN, healed by interleaved fine-tuning
+        of `trains[(method, budget)]` when given (the row's `train`), else with LoRA."""
         from layercut.evaluation import HIGHER_IS_BETTER
 
         rows = []
         first_owner: dict[str, tuple[str, int]] = {}
         for (method, budget), drop in picks.items():
             for task, steps in [(t, h) for h in ([0, heal] if heal else [0]) for t in tasks]:
-                unit = Unit(tuple(sorted(drop)), task, steps)
+                train = tuple(trains[(method, budget)]) if steps and trains is not None else ()
+                unit = Unit(tuple(sorted(drop)), task, steps, train)
                 rec = self.done.get(unit.key)
                 if rec is None:
                     continue
@@ -120,13 +126,14 @@ class ResultsLog:
                         "higher_is_better": directions[metric],
                         "drop": ",".join(map(str, drop)), "n": int(rec["metrics"].get("n", 0)),
                         "seconds": rec["seconds"], "shared": owner != (method, budget),
+                        "train": ",".join(map(str, train)),
                     })
         return pd.DataFrame(rows, columns=COLUMNS)
 
-    def write_tables(self, picks: dict[tuple[str, int], list[int]], tasks: list[str], heal: int = 0) -> pd.DataFrame:
+    def write_tables(self, picks: Picks, tasks: list[str], heal: int = 0, trains: Picks | None = None) -> pd.DataFrame:
         from layercut.io import atomic_file
 
-        df = self.table(picks, tasks, heal)
+        df = self.table(picks, tasks, heal, trains)
         with atomic_file(self.folder / "results.parquet", overwrite=True) as tmp:
             df.to_parquet(tmp, index=False)
         with atomic_file(self.folder / "results.csv", overwrite=True) as tmp:
@@ -137,17 +144,25 @@ class ResultsLog:
 def doc_values(results: pd.DataFrame, records: dict[str, dict[str, Any]]) -> dict:
     """{(method, budget, task, metric): (values, weights)} for the result rows whose unit logged
     per-document values (`ResultsLog.done`); rows of older sweeps simply have none."""
-    from layercut.sweep.spec import HEAL_TAG
-
     out = {}
     for r in results.itertuples(index=False):
-        task, _, steps = str(r.task).partition(HEAL_TAG)
-        drop = tuple(sorted(int(x) for x in str(r.drop).split(",") if x.strip()))
-        rec = records.get(Unit(drop, task, int(steps) if steps else 0).key)
+        rec = records.get(row_unit(r).key)
         got = (rec or {}).get("docs", {}).get(str(r.metric))
         if got is not None:
             out[(str(r.method), int(r.budget), str(r.task), str(r.metric))] = (got[0], got[1])
     return out
+
+
+def row_unit(row: Any) -> Unit:
+    """The unit a results-table row was read from (task TASK+healN: healed; `train`, where the
+    table has it: interleaved)."""
+    from layercut.sweep.spec import HEAL_TAG
+
+    def layers(text: Any) -> tuple[int, ...]:
+        return tuple(sorted(int(x) for x in str(text).split(",") if x.strip() and x.strip() not in ("<NA>", "nan")))
+
+    task, _, steps = str(row.task).partition(HEAL_TAG)
+    return Unit(layers(row.drop), task, int(steps) if steps else 0, layers(getattr(row, "train", "")))
 
 
 def read_records(path: Path) -> dict[str, dict[str, Any]]:

@@ -13,6 +13,7 @@ SPEC_FILE = "sweep.json"
 PROBE_FILE = "probe.json"
 HEAL_TAG = "+heal"  # task and domain suffix of healed cells in the results table
 ENGINES = ("trie", "prefix", "plain")
+HEAL_MODES = ("lora", "interleaved")  # how healed cells heal (`heal.heal`)
 
 
 @dataclass
@@ -36,7 +37,9 @@ class SweepSpec:
     cache_mem: str | None = None  # bound on stored hidden states (e.g. "2GiB"); default half of free RAM
     dtype: str = "fp32"  # fp32 | bf16 | fp16
     device_map: str | None = None  # accelerate device map: auto | balanced | FILE.json
-    heal_steps: int = 0  # also evaluate every cell after this many LoRA steps on `calib` (0: no)
+    heal_steps: int = 0  # also evaluate every cell after this many healing steps on `calib` (0: no)
+    heal: str = "lora"  # lora (every kept layer) | interleaved (one layer per drop in full: `interlace.train_layers`)
+    heal_lr: float = 5e-4  # healing's learning rate (`heal.heal`'s default; a full-weight update wants less)
     include_path: str | None = None  # a folder of harness task YAMLs, for HARNESS:TASK tasks
     max_tokens_per_batch: int | None = None  # generation: prompt + new tokens per batch (not batch_size rows)
     adaptive: dict[str, Any] | None = None  # documents in rounds (`sweep.adaptive.Rule` fields); None: all at once
@@ -58,19 +61,21 @@ class Unit:
 
     drop: tuple[int, ...]  # sorted original indices
     task: str
-    heal: int = 0  # LoRA steps of healing before the evaluation (0: none)
+    heal: int = 0  # steps of healing before the evaluation (0: none)
+    train: tuple[int, ...] = ()  # interleaved healing: these layers (original indices) in full; (): LoRA
     docs: tuple[int, ...] = ()  # an adaptive sweep's round: these documents of the task only (sorted)
     part: int = 0  # which round `docs` is
 
     @property
     def key(self) -> str:
         return (f"{self.task}|{','.join(map(str, self.drop))}" + (f"|heal{self.heal}" if self.heal else "")
+                + (f"|train{','.join(map(str, self.train))}" if self.train else "")
                 + (f"|part{self.part}" if self.docs else ""))
 
     @property
     def whole(self) -> "Unit":
         """The unit over all the task's documents that this round is part of."""
-        return Unit(self.drop, self.task, self.heal)
+        return Unit(self.drop, self.task, self.heal, self.train)
 
     @property
     def label(self) -> tuple[str, str]:
@@ -85,6 +90,7 @@ GROWS = {"methods": "--methods", "budgets": "--budgets", "tasks": "--tasks"}
 # These must be the same on --resume: each changes what every cell measures.
 FIXED = {"model": "--model", "limit": "--limit", "seed": "--seed", "protect": "--protect",
          "allow": "--allow", "calib": "--calib", "dtype": "--dtype", "heal_steps": "--heal-steps",
+         "heal": "--heal", "heal_lr": "--heal-lr",
          "include_path": "--include-path", "options": "", "scores": "--scores", "probe": "--probe",
          "adaptive": "--adaptive"}
 OPTION_FLAGS = {"alpha": "--alpha", "hybrid_threshold": "--hybrid-threshold", "min_gap": "--min-gap",

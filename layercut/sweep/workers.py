@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import time
+from contextlib import nullcontext
 from typing import Any, Callable, Iterator
 
 from layercut.errors import LayercutError
@@ -56,10 +57,10 @@ class Worker:
         from layercut.evaluation.teacher import teacher_metrics
 
         by_task: dict[tuple[str, tuple[int, ...], int], list[Unit]] = {}
-        by_drop: dict[tuple[int, ...], list[Unit]] = {}
+        by_drop: dict[tuple[tuple[int, ...], tuple[int, ...]], list[Unit]] = {}
         for unit in units:
             if unit.heal:
-                by_drop.setdefault(unit.drop, []).append(unit)
+                by_drop.setdefault((unit.drop, unit.train), []).append(unit)
             else:
                 by_task.setdefault((unit.task, unit.docs, unit.part), []).append(unit)
         for group in by_drop.values():
@@ -84,9 +85,10 @@ class Worker:
         return list(self.run_many(units))
 
     def run_healed(self, units: list[Unit]) -> Iterator[Result]:
-        """One drop set healed once (LoRA on its kept layers, `heal.healed`: restored exactly
-        afterwards), then every task evaluated on it with plain forwards (healing changes every
-        layer, so no cached layer inputs apply)."""
+        """One drop set healed once (`heal.healed`, restored exactly afterwards: LoRA on its kept
+        layers, or its `train` layers in full with --heal interleaved, where a pick with nothing to
+        train, the unpruned one, is not changed), then every task evaluated on it with plain
+        forwards (healing changes the layers, so no cached layer inputs apply)."""
         from layercut import surgery
         from layercut.data.calibration import calibration
         from layercut.heal import healed
@@ -95,9 +97,13 @@ class Worker:
             raise LayercutError("--heal-steps heals on the calibration data: pass --calib")
         if self.heal_data is None:
             self.heal_data = calibration(self.spec.calib)
+        drop, train = units[0].drop, units[0].train
+        how: dict[str, Any] = {"steps": units[0].heal, "seed": self.spec.seed, "lr": self.spec.heal_lr, "measure": False}
+        if self.spec.heal == "interleaved":
+            how.update(train_layers=list(train), kept=[i for i in range(self.adapter.num_layers) if i not in drop])
         t0 = time.perf_counter()
-        with surgery.skipped(self.adapter, units[0].drop), \
-                healed(self.adapter, self.heal_data, steps=units[0].heal, seed=self.spec.seed, measure=False):
+        with surgery.skipped(self.adapter, drop), \
+                (healed(self.adapter, self.heal_data, **how) if train or self.spec.heal == "lora" else nullcontext()):
             for unit in units:
                 metrics, extra = self.evaluate(unit.task)
                 yield unit, metrics, time.perf_counter() - t0, extra
@@ -156,14 +162,14 @@ def _chunks(units: list[Unit], n: int) -> list[list[Unit]]:
     kept-layer sequences (trie order), so that it still shares its prefixes, or one healed drop
     set with all its tasks, so that it is healed once."""
     L = max((max(u.drop) for u in units if u.drop), default=0) + 1
-    ordered = sorted(units, key=lambda u: (u.heal, "" if u.heal else u.task,
+    ordered = sorted(units, key=lambda u: (u.heal, u.train, "" if u.heal else u.task,
                                            tuple(i for i in range(L) if i not in u.drop), u.task))
     size = max(1, -(-len(ordered) // (4 * n)))
     pieces: list[list[Unit]] = []
     for unit in ordered:
         last = pieces[-1][0] if pieces else None
         if last is not None and last.heal == unit.heal and (
-                last.drop == unit.drop if unit.heal else (len(pieces[-1]) < size and last.task == unit.task)):
+                (last.drop, last.train) == (unit.drop, unit.train) if unit.heal else (len(pieces[-1]) < size and last.task == unit.task)):
             pieces[-1].append(unit)
         else:
             pieces.append([unit])
