@@ -520,7 +520,7 @@ def test_the_readme_is_short_and_every_page_and_image_it_links_exists():
 
     root = Path(__file__).resolve().parents[1]
     readme = (root / "README.md").read_text()
-    assert len(readme.splitlines()) <= 360
+    assert len(readme.splitlines()) <= 400  # a page, not a manual: the rest is in docs/
     assert "## Reliability: what each fault gives" in readme
     for page in ("install", "scale", "models", "regimes", "vlm", "engine", "probe", "harnesses", "devices",
                  "healing", "benchmarks", "layout"):

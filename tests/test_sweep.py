@@ -236,3 +236,15 @@ def test_heal_options_refused_in_one_line(tiny_text_dir, scores_path, tmp_path, 
     with pytest.raises(LayercutError, match=match):
         run_sweep(spec_for(tiny_text_dir, scores_path, **kw), tmp_path / "bad")
     assert not (tmp_path / "bad").exists()
+
+
+def test_resume_reads_a_missing_option_as_its_default(tmp_path):
+    """`demo` saves no --alpha; `sweep --resume` passes the default 0.5: the same sweep. Another
+    value is refused, naming the value a rerun needs (0.5, not "(none)")."""
+    from layercut.sweep.spec import resume_spec
+
+    saved = SweepSpec(model="m", methods=["mixed"], budgets=[0, 1], tasks=["nll-math"])
+    spec, added = resume_spec(saved, SweepSpec(**{**saved.__dict__, "options": {"alpha": 0.5}}), tmp_path)
+    assert added == [] and spec.options == {}
+    with pytest.raises(LayercutError, match=r"--alpha 0.7 differs .*rerun with --alpha 0.5,"):
+        resume_spec(saved, SweepSpec(**{**saved.__dict__, "options": {"alpha": 0.7}}), tmp_path)

@@ -93,6 +93,7 @@ FIXED = {"model": "--model", "limit": "--limit", "seed": "--seed", "protect": "-
          "heal": "--heal", "heal_lr": "--heal-lr",
          "include_path": "--include-path", "options": "", "scores": "--scores", "probe": "--probe",
          "adaptive": "--adaptive"}
+OPTION_DEFAULTS = {"alpha": 0.5}  # `selection.select`'s: a spec without the option means this (`demo` writes none)
 OPTION_FLAGS = {"alpha": "--alpha", "hybrid_threshold": "--hybrid-threshold", "min_gap": "--min-gap",
                 "domain": "--domain"}
 
@@ -120,8 +121,9 @@ def resume_spec(saved: SweepSpec, given: SweepSpec, folder: Path) -> tuple[Sweep
             if saved.options.get("hybrid_threshold_found") is not None:  # found, not given
                 user.pop("hybrid_threshold", None)
             for key in sorted(set(user) | set(new)):
-                if user.get(key) != new.get(key):
-                    raise refuse(OPTION_FLAGS.get(key, f"option {key}"), user.get(key), new.get(key))
+                was, now = (o.get(key, OPTION_DEFAULTS.get(key)) for o in (user, new))
+                if was != now:
+                    raise refuse(OPTION_FLAGS.get(key, f"option {key}"), was, now)
             continue
         if name == "scores":
             if old is None and new is None:
