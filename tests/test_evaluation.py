@@ -74,7 +74,7 @@ def _check_metrics(spec, metrics: dict, n: int) -> None:
 
 def test_builtin_tasks_are_registered():
     assert {"gsm8k", "math500", "mathvision", "easyvqa", "easyvqa-gen", "mmlu-science",
-            "mmlu-math", "nll-math", "nll-general"} <= set(TASKS)
+            "mmlu-math", "nll-math", "nll-general", "nll-mmlu-math", "nll-mmlu-science"} <= set(TASKS)
     assert {t.domain for t in TASKS.values()} == {"math", "general"}
     assert {t.kind for t in TASKS.values()} == {"generate", "choice", "nll"}
     assert get_task("gsm8k") is TASKS["gsm8k"]
