@@ -44,7 +44,11 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", default="smollm2-135m,tiny-llava", help="also: tiny-llava-nodrop")
     ap.add_argument("--fractions", default="0.1,0.25", help="budgets as fractions of the layers")
-    ap.add_argument("--methods", default="math,general,mixed", help="compared with interlace")
+    ap.add_argument("--methods", default="math,general,mixed",
+                    help="compared with interlace; NAME+guard protects the probe's critical layers first "
+                         "(probed once on the calibration samples)")
+    ap.add_argument("--interlace", action=argparse.BooleanOptionalAction, default=True,
+                    help="also run interlace itself (--no-interlace: only --methods, to add to an earlier run)")
     ap.add_argument("--calib-n", type=int, default=12, help="calibration (and healing) samples per domain")
     ap.add_argument("--limit", type=int, default=16, help="held-out documents per task")
     ap.add_argument("--steps", type=int, default=8)
@@ -86,11 +90,15 @@ def run_model(name: str, args: argparse.Namespace) -> list[dict[str, Any]]:
     L = adapter.num_layers
     heal_opts = dict(steps=args.steps, seed=args.seed, batch_size=args.batch_size,
                      max_length=args.max_length, measure=False)
+    profile = None
+    if any(m.endswith("+guard") for m in args.methods.split(",")):  # critical layers, probed once
+        profile = api.probe(adapter, calib, max_length=args.max_length)
+        print(f"{name}: probe flags layers {profile.flagged}", flush=True)
     rows = []
     done: dict[tuple, dict[str, Any]] = {}  # two methods with the same pick share their cells
     for k in sorted({max(1, int(L * float(f))) for f in args.fractions.split(",")}):
-        for method in ["interlace", *args.methods.split(",")]:
-            sel = api.select(scores, method, k)
+        for method in ["interlace"] * args.interlace + args.methods.split(","):
+            sel = api.select(scores, method, k, probe=profile if method.endswith("+guard") else None)
             train = interlace.train_layers(sel)
             for mode in ("none", "lora", "interleaved"):
                 key = (tuple(sorted(sel.drop)), tuple(sorted(train)) if mode == "interleaved" else (), mode)

@@ -107,6 +107,8 @@ def main() -> None:
     ap.add_argument("--plot", type=Path)
     args = ap.parse_args()
     rows = [r for f in args.json for r in json.loads(f.read_text())["rows"]]
+    models = list(dict.fromkeys(r["model"] for r in rows))
+    rows.sort(key=lambda r: (models.index(r["model"]), r["budget"]))  # stable: each file's method order kept
     print("\n".join(summary(rows)))
     print()
     print("\n".join(full(rows)))
