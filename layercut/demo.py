@@ -136,7 +136,8 @@ def _sweep(out: Path, console: Console, progress: Callable[[], Any] | None, budg
     analysis = analyze(df)
     for s in analysis.domain_series():
         spans = ", ".join(f"{r.name} {r.start}–{r.end}" for r in s.regimes if r.present)
-        console.print(f"regimes on {s.name} ({s.metric}): {spans or 'none found'}")
+        claims = "; ".join(f"{c.id} {c.verdict}" for c in s.claims)
+        console.print(f"regimes on {s.name} ({s.metric}): {spans or 'none found'} ({claims})")
     seconds = time.perf_counter() - t0
     console.print(f"sweep and report in {seconds:.0f} s: {folder / 'report.html'}")
     return {"sweep": df, "analysis": analysis, "sweep_seconds": seconds}
