@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from layercut.report.sweep_folder import parse_layers
+from layercut.sweep.log import parse_layers
 from layercut.sweep.adaptive import ADAPTIVE_FILE, REASONS, Rule
 from layercut.sweep.spec import Unit
 

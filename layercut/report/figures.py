@@ -26,10 +26,10 @@ from layercut.report.sweep_folder import (
     Sweep,
     direction,
     layer_count,
-    parse_layers,
     protected_layers,
 )
 from layercut.scoring import LayerScores
+from layercut.sweep.log import parse_layers
 from layercut.selection import select
 
 

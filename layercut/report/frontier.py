@@ -21,6 +21,7 @@ from layercut.errors import LayercutError
 from layercut.regimes.pick import HEAL_TAG, Cell, Pick, Retention, choose, retention, unmet
 from layercut.report.plotting import budget_axis, panel_grid, save_png
 from layercut.report.sweep_folder import Figure, Sweep
+from layercut.sweep.log import parse_layers
 
 DEFAULT_SHARE = 0.90  # the report's target: keep 90 % of the unpruned score on every domain
 FIGURE = "frontier.png"
@@ -106,8 +107,7 @@ def trained_layers(results: pd.DataFrame, c: Cell) -> list[int]:
     if "train" not in results.columns:
         return []
     rows = results[(results.method == c.method) & (results.budget == c.budget)]
-    found = [str(t) for t in rows["train"] if str(t).strip() not in ("", "nan", "<NA>")]
-    return [int(x) for x in found[0].split(",")] if found else []
+    return next((layers for layers in map(parse_layers, rows["train"]) if layers), [])
 
 
 def prune_commands(spec: dict[str, Any], c: Cell, out: Path, keep: dict[str, float],

@@ -5,7 +5,6 @@ the figures and the document both use."""
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -134,12 +133,6 @@ def protected_layers(sweep: Sweep) -> list[int]:
 def spec_options(spec: dict[str, Any]) -> dict[str, Any]:
     options = spec.get("options")
     return options if isinstance(options, dict) else {}
-
-
-def parse_layers(s: Any) -> list[int]:
-    if s is None or (isinstance(s, float) and math.isnan(s)):
-        return []
-    return [int(x) for x in str(s).split(",") if x.strip() and x.strip() != "<NA>"]
 
 
 def direction(s: SeriesAnalysis) -> str:

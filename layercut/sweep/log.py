@@ -19,6 +19,7 @@ paired resampling, then count only the evaluated ones).
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 from pathlib import Path
@@ -92,9 +93,13 @@ class ResultsLog:
         def safe(text: str) -> str:
             return re.sub(r"[^A-Za-z0-9._@+-]+", "_", text) or "none"
 
-        rel = Path(SAMPLES_DIR) / safe(unit.task) / f"{safe(','.join(map(str, unit.drop)) or 'none')}" \
-            f"{f'-heal{unit.heal}' if unit.heal else ''}{f'-train{safe(chr(44).join(map(str, unit.train)))}' if unit.train else ''}" \
-            f"{f'-part{unit.part}' if unit.docs else ''}.jsonl"
+        def layers(xs: tuple[int, ...]) -> str:
+            return safe(",".join(map(str, xs)))
+
+        rel = Path(SAMPLES_DIR) / safe(unit.task) / (
+            (layers(unit.drop) if unit.drop else "none") + (f"-heal{unit.heal}" if unit.heal else "")
+            + (f"-train{layers(unit.train)}" if unit.train else "") + (f"-part{unit.part}" if unit.docs else "")
+            + ".jsonl")
         with atomic_file(self.folder / rel, overwrite=True) as tmp:
             tmp.write_text("".join(json.dumps(r, default=str) + "\n" for r in samples), encoding="utf-8")
         return rel.as_posix()
@@ -153,16 +158,21 @@ def doc_values(results: pd.DataFrame, records: dict[str, dict[str, Any]]) -> dic
     return out
 
 
+def parse_layers(s: Any) -> list[int]:
+    """A results table's layer list ("3,14,17"; empty, NA or NaN: none), in its order."""
+    if s is None or (isinstance(s, float) and math.isnan(s)):
+        return []
+    return [int(x) for x in str(s).split(",") if x.strip() and x.strip() not in ("<NA>", "nan")]
+
+
 def row_unit(row: Any) -> Unit:
     """The unit a results-table row was read from (task TASK+healN: healed; `train`, where the
     table has it: interleaved)."""
     from layercut.sweep.spec import HEAL_TAG
 
-    def layers(text: Any) -> tuple[int, ...]:
-        return tuple(sorted(int(x) for x in str(text).split(",") if x.strip() and x.strip() not in ("<NA>", "nan")))
-
     task, _, steps = str(row.task).partition(HEAL_TAG)
-    return Unit(layers(row.drop), task, int(steps) if steps else 0, layers(getattr(row, "train", "")))
+    return Unit(tuple(sorted(parse_layers(row.drop))), task, int(steps) if steps else 0,
+                tuple(sorted(parse_layers(getattr(row, "train", "")))))
 
 
 def read_records(path: Path) -> dict[str, dict[str, Any]]:
