@@ -104,7 +104,7 @@ def plan_selections(
             for k in spec.budgets:
                 picks[(method, k)] = sel.drop[:k]
                 if trains is not None:
-                    trains[(method, k)] = train_next(sel.drop[:k], spec.num_layers, protect)
+                    trains[(method, k)] = sorted(train_next(sel.drop[:k], spec.num_layers, protect))
             continue
         given = threshold if threshold is not None else spec.options.get("hybrid_threshold")
         extra = {"threshold": given} if base == "hybrid" else {}
@@ -115,7 +115,7 @@ def plan_selections(
             )
             picks[(method, k)] = sel.drop
             if trains is not None:
-                trains[(method, k)] = train_layers(sel)
+                trains[(method, k)] = sorted(train_layers(sel))  # a set, like the drop: one unit key
     return picks
 
 
