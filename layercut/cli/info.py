@@ -77,10 +77,10 @@ def methods() -> None:
 def demo(
     out: Path = typer.Option(Path("runs/demo"), help="Folder for the demo's outputs (replaced)."),
     budget: int = typer.Option(4, help="Layers to drop."),
-    n: int = typer.Option(24, help="Calibration samples per domain."),
+    n: int = typer.Option(24, min=1, help="Calibration samples per domain."),
     sweep: bool = typer.Option(True, help="Also run a small sweep and write the regime report."),
     sweep_budgets: str = typer.Option("0:12:2", help="Budgets of the demo sweep."),
-    sweep_limit: int = typer.Option(4, help="Documents per task in the demo sweep."),
+    sweep_limit: int = typer.Option(4, min=1, help="Documents per task in the demo sweep."),
     vlm: bool = typer.Option(False, "--vlm", help="Instead: the math-vision vs general-vision experiment "
                              "on the zoo's tiny-llava (scores by scope, every method x budgets 0..14, report)."),
     vlm_limit: int = typer.Option(40, help="--vlm: held-out questions per task in the sweep."),
