@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip install -q -c constraints.txt
 
-.PHONY: setup demo demo-vlm test test-fast bench
+.PHONY: setup demo demo-vlm test test-fast coverage bench
 
 setup: $(VENV)/.installed
 
@@ -23,11 +23,20 @@ demo: setup
 demo-vlm: setup
 	$(VENV)/bin/layercut demo --vlm
 
+# One pytest-xdist worker per core, each with one torch thread (tests/conftest.py); worksteal
+# rebalances when a worker is left with the slow tests. pytest's last line gives count and time.
+WORKERS ?= auto
+XDIST := -n $(WORKERS) --dist worksteal
+
 test: setup
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q $(XDIST)
 
 test-fast: setup
-	$(PY) -m pytest -q -m "not slow"
+	$(PY) -m pytest -q $(XDIST) -m "not slow"
+
+# Line coverage of layercut/ over the whole suite (issue 28 compares it before and after changes).
+coverage: setup
+	$(PY) -m pytest -q $(XDIST) --cov=layercut --cov-report=term:skip-covered
 
 bench: setup
 	$(PY) benchmarks/bench_scoring.py

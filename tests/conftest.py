@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -9,7 +10,13 @@ import pytest
 import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-torch.set_num_threads(min(2, torch.get_num_threads()))
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # `make test` runs one worker per core (pytest -n 2): one torch thread each, and the same for
+    # the processes a test starts, or four threads fight over two cores.
+    os.environ["OMP_NUM_THREADS"] = "1"
+    torch.set_num_threads(1)
+else:
+    torch.set_num_threads(min(2, torch.get_num_threads()))
 
 CHAT_TEMPLATE = (
     "{% for m in messages %}<|im_start|>{{ m['role'] }}\n"
@@ -132,4 +139,34 @@ def tiny_mllama_dir(tmp_path_factory, tokenizer) -> Path:
     path = tmp_path_factory.mktemp("tiny-mllama")
     build_tiny("mllama", cfg).model.save_pretrained(path)
     processor.save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def ray_cluster():
+    """One local Ray cluster for the test process, started on first use and shut down at the end
+    (each `ray.init` costs seconds; the sweeps under test start their own actor pools in it)."""
+    ray = pytest.importorskip("ray")
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def scores_path(tiny_text_dir, tmp_path_factory) -> Path:
+    """The tiny Llama's scores on the built-in text set, made once per test process (read only)."""
+    from layercut import api
+
+    path = tmp_path_factory.mktemp("scores") / "scores.json"
+    api.score(str(tiny_text_dir), "builtin:text:4", max_length=64).save(path)
+    return path
+
+
+@pytest.fixture
+def text_calib(tmp_path) -> Path:
+    """A small math + general calibration file."""
+    rows = [{"domain": "math", "text": f"Question: what is {i} plus {i}? Answer: {2 * i}."} for i in range(4)]
+    rows += [{"domain": "general", "text": f"The cat number {i} sat on the warm mat."} for i in range(4)]
+    path = tmp_path / "calib.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return path

@@ -18,7 +18,7 @@ import pytest
 
 from layercut.sweep import LOG_FILE, SweepSpec, run_sweep
 from layercut.sweep.adaptive import ADAPTIVE_FILE, Cell, Rule, cp_upper, decide, schedule, sign_p, task_order
-from tests.test_sweep import scores_path  # noqa: F401 (the tiny model's scores, a fixture)
+from tests import forkcli
 
 METHODS = ["math", "bi", "block", "last", "uniform", "spacing"]
 TASKS = ["nll-math", "mmlu-science"]
@@ -240,14 +240,13 @@ def test_lmms_eval_subset_evaluates_exactly_the_documents_asked_for(tiny_llava_d
 
 
 def test_adaptive_refusals_are_one_line_before_anything_is_written(tiny_text_dir, tmp_path):
-    exe = Path(sys.executable).parent / "layercut"
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "COLUMNS": "80"}
     out = tmp_path / "sweep"
-    base = [str(exe), "sweep", "--model", str(tiny_text_dir), "--methods", "last", "--budgets", "0,1",
+    base = ["sweep", "--model", str(tiny_text_dir), "--methods", "last", "--budgets", "0,1",
             "--tasks", "nll-math", "--out", str(out), "--adaptive"]
     for extra, says in ((["--heal-steps", "2", "--calib", "builtin:text:2"], "--adaptive with --heal-steps"),
                         (["--adaptive-alpha", "0.9"], "--adaptive-alpha")):
-        proc = subprocess.run(base + extra, capture_output=True, text=True, timeout=300, env=env)
+        proc = forkcli.run(base + extra, env=env)  # the console script's code in a process of its own
         assert proc.returncode == 2, proc.stderr
         lines = [line for line in proc.stderr.splitlines() if line.strip()]
         assert len(lines) == 1 and says in lines[0], proc.stderr

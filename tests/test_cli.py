@@ -35,13 +35,6 @@ def write_jsonl(path: Path, rows: list) -> Path:
 
 
 @pytest.fixture
-def text_calib(tmp_path) -> Path:
-    rows = [{"domain": "math", "text": f"Question: what is {i} plus {i}? Answer: {2 * i}."} for i in range(4)]
-    rows += [{"domain": "general", "text": f"The cat number {i} sat on the warm mat."} for i in range(4)]
-    return write_jsonl(tmp_path / "calib.jsonl", rows)
-
-
-@pytest.fixture
 def image_calib(tmp_path) -> Path:
     rng = np.random.default_rng(0)
     for i in range(3):
@@ -282,7 +275,8 @@ def test_allow_lifts_the_cross_attention_guard_in_prune_select_and_eval(tiny_mll
     code, _, err = run(evaluate, capsys)
     assert code == 2 and "layer 4 is protected" in err
     code, out, err = run([*evaluate, "--allow", "cross-attention"], capsys)
-    assert code == 0 and "without layers [4]" in out, err
+    # the table's title wraps where the model's path is long (a pytest-xdist worker's tmp folder)
+    assert code == 0 and "without layers [4]" in " ".join(out.split()), err
 
 
 @pytest.mark.parametrize("command", ["probe", "select", "prune", "sweep", "eval"])

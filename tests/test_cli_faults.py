@@ -1,5 +1,7 @@
-"""The command line under faults, as a user meets it: the installed `layercut` console script run
-in a subprocess (never in-process), with the exit code, the stderr lines and the file system after.
+"""The command line under faults, as a user meets it: `layercut` in a process of its own (never
+in-process), with the exit code, the stderr lines and the file system after. Most calls run the
+console script's code in a child forked with the libraries already imported (tests/forkcli.py);
+usage errors, Ctrl-C and SIGKILL run the installed executable itself.
 
 Ctrl-C is SIGINT sent to the child's own process group (as a terminal does); the child is started
 with SIGINT at its default action, since a child of a background job inherits it ignored.
@@ -18,12 +20,15 @@ from pathlib import Path
 
 import pytest
 
+from tests import forkcli
+
 EXE = Path(sys.executable).parent / "layercut"
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "COLUMNS": "80", "OMP_NUM_THREADS": "1"}
 
 
-def layercut(*argv, timeout: int = 300) -> subprocess.CompletedProcess:
-    return subprocess.run([str(EXE), *map(str, argv)], capture_output=True, text=True, timeout=timeout, env=ENV)
+def layercut(*argv, timeout: int = 300, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    """The console script's code in a child process forked with the libraries imported (forkcli)."""
+    return forkcli.run(argv, env=ENV, cwd=cwd, timeout=timeout)
 
 
 def start(*argv) -> subprocess.Popen:
@@ -139,7 +144,7 @@ def test_ctrl_c_before_a_new_sweeps_first_cell_leaves_no_folder(tiny_text_dir, b
     (["report", "somewhere", "--replicates", "-1"], "--replicates", "0 or more"),
 ])
 def test_an_option_out_of_range_is_one_line_and_exit_2(argv, option, allowed, tmp_path):
-    proc = subprocess.run([str(EXE), *argv], capture_output=True, text=True, timeout=120, env=ENV, cwd=tmp_path)
+    proc = layercut(*argv, cwd=tmp_path)
     assert proc.returncode == 2, proc.stderr
     (line,) = lines(proc.stderr)
     assert line.startswith("error:") and option in line and f"(allowed: {allowed})" in line, line
@@ -387,8 +392,7 @@ def test_harness_output_goes_to_the_sweeps_log_unless_verbose(verbose, tiny_text
     out = tmp_path / "sweep"
     argv = ["sweep", "--model", tiny_text_dir, "--methods", "last", "--budgets", "0,1", "--tasks",
             "lm-eval:layercut_cloze", "--include-path", tasks, "--limit", "2", "--no-report", "--out", out]
-    proc = subprocess.run([str(EXE), *map(str, argv), *(["--verbose"] if verbose else [])], capture_output=True,
-                          text=True, timeout=600, env=ENV, cwd=tmp_path)  # cwd: not a git repository
+    proc = layercut(*argv, *(["--verbose"] if verbose else []), timeout=600, cwd=tmp_path)  # cwd: not a git repository
     assert proc.returncode == 0, proc.stderr
     err = lines(proc.stderr)
     if verbose:
@@ -417,9 +421,9 @@ def test_eval_harness_output_goes_to_a_log_and_cut_answers_are_counted(tiny_text
     gen = gen.replace("metric: acc", "metric: exact_match")
     (tasks / "cloze_gen.yaml").write_text(gen)
     out = tmp_path / "metrics.json"
-    proc = subprocess.run([str(EXE), "eval", "--model", str(tiny_text_dir), "--harness", "lm-eval", "--tasks",
-                           "layercut_cloze_gen,layercut_cloze", "--include-path", str(tasks), "--limit", "4",
-                           "--out", str(out)], capture_output=True, text=True, timeout=600, env=ENV, cwd=tmp_path)
+    proc = layercut("eval", "--model", tiny_text_dir, "--harness", "lm-eval", "--tasks",
+                    "layercut_cloze_gen,layercut_cloze", "--include-path", tasks, "--limit", "4",
+                    "--out", out, timeout=600, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     log = out.with_name("metrics.json.harness.log")
     err = lines(proc.stderr)
@@ -448,8 +452,7 @@ def test_every_commands_help_reads_at_80_columns():
 
     click_app = typer.main.get_command(app)
     for name in COMMANDS:
-        proc = subprocess.run([str(EXE), *name.split(), "--help"], capture_output=True, text=True, timeout=120,
-                              env={**ENV, "COLUMNS": "80"})
+        proc = layercut(*name.split(), "--help")
         assert proc.returncode == 0, (name, proc.stderr)
         text = proc.stdout
         assert "…" not in text, (name, text)
@@ -460,8 +463,7 @@ def test_every_commands_help_reads_at_80_columns():
         for param in command.params:
             for opt in param.opts:
                 assert opt in text, (name, opt)
-    sweep_help = subprocess.run([str(EXE), "sweep", "--help"], capture_output=True, text=True, timeout=120,
-                                env={**ENV, "COLUMNS": "80"}).stdout
+    sweep_help = layercut("sweep", "--help").stdout
     for panel in ("What to sweep", "How methods choose", "How it runs", "Output"):
         assert f"─ {panel} ─" in sweep_help
 

@@ -18,7 +18,7 @@ from safetensors.torch import load_file
 from layercut import api, models, surgery
 from layercut.data.encode import encode_batches, sample_length
 from layercut.errors import LayercutError
-from tests.test_cli import run, text_calib  # noqa: F401 - fixture
+from tests.test_cli import run
 
 
 def split_map(model_dir: Path, disk_from: int, prefix: str = "model.layers") -> dict[str, str]:
@@ -38,7 +38,7 @@ def map_file(tiny_text_dir, tmp_path) -> Path:
     return path
 
 
-def test_split_model_scores_like_the_whole_one(tiny_text_dir, text_calib, map_file, tmp_path):  # noqa: F811
+def test_split_model_scores_like_the_whole_one(tiny_text_dir, text_calib, map_file, tmp_path):
     whole = api.score(str(tiny_text_dir), str(text_calib))
     adapter = api.load_model(str(tiny_text_dir), device_map=str(map_file), offload_folder=tmp_path / "off")
     assert adapter.dispatched and adapter.device_map["model.layers.5"] == "disk"
@@ -57,7 +57,7 @@ def test_split_model_scores_like_the_whole_one(tiny_text_dir, text_calib, map_fi
     assert adapter.device_map == before
 
 
-def test_split_model_prunes_to_the_same_checkpoint(tiny_text_dir, text_calib, map_file, tmp_path, capsys):  # noqa: F811
+def test_split_model_prunes_to_the_same_checkpoint(tiny_text_dir, text_calib, map_file, tmp_path, capsys):
     outs = {}
     for name, extra in (("whole", []), ("split", ["--device-map", map_file])):
         outs[name] = tmp_path / name
@@ -148,7 +148,7 @@ def overflow_dir(tiny_text_dir, tmp_path) -> Path:
     return path
 
 
-def test_fp16_overflow_is_counted_per_layer_and_domain_never_averaged(overflow_dir, text_calib, tmp_path, capsys):  # noqa: F811
+def test_fp16_overflow_is_counted_per_layer_and_domain_never_averaged(overflow_dir, text_calib, tmp_path, capsys):
     fp32 = api.score(str(overflow_dir), str(text_calib))
     assert all(not any(d.nonfinite) for d in fp32.domains.values())
     fp16 = api.score(str(overflow_dir), str(text_calib), dtype="fp16")

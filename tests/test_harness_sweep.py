@@ -169,15 +169,10 @@ def test_killed_harness_sweep_resumes_to_the_same_table(tiny_text_dir, lm_tasks,
     assert len(keys) == len(set(keys)) > before, "no lost or duplicated evaluation"
 
 
-def test_ray_executor_gives_the_local_table_on_a_harness_sweep(tiny_text_dir, lm_tasks, tmp_path):
-    ray = pytest.importorskip("ray")
+def test_ray_executor_gives_the_local_table_on_a_harness_sweep(tiny_text_dir, lm_tasks, tmp_path, ray_cluster):
     local = run_sweep(harness_spec(tiny_text_dir, LM_TASKS[:1], lm_tasks), tmp_path / "local")
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    try:
-        remote = run_sweep(harness_spec(tiny_text_dir, LM_TASKS[:1], lm_tasks), tmp_path / "ray",
-                           executor="ray", workers=2)
-    finally:
-        ray.shutdown()
+    remote = run_sweep(harness_spec(tiny_text_dir, LM_TASKS[:1], lm_tasks), tmp_path / "ray",
+                       executor="ray", workers=2)
     pd.testing.assert_frame_equal(comparable(local), comparable(remote))
     assert sorted(p.name for p in (tmp_path / "ray" / "samples").rglob("*.jsonl")) == \
         sorted(p.name for p in (tmp_path / "local" / "samples").rglob("*.jsonl"))
@@ -258,41 +253,39 @@ def test_each_harness_task_loads_once_per_sweep(tiny_text_dir, lm_tasks, tmp_pat
     assert sorted(map(tuple, loads)) == [("layercut_cloze",), ("layercut_ppl",)]
 
 
-def test_a_lost_ray_actor_is_restarted_and_its_units_redone(tiny_text_dir, lm_tasks, tmp_path):
+def test_a_lost_ray_actor_is_restarted_and_its_units_redone(tiny_text_dir, lm_tasks, tmp_path, ray_cluster):
     """SIGKILL one actor mid-sweep: Ray restarts it, its chunk goes back to the queue, and the
     table equals the local executor's, every unit logged exactly once."""
     import threading
 
-    ray = pytest.importorskip("ray")
     from ray._private.state import actors  # the GCS table: the state API needs the dashboard
 
+    earlier = set(actors())  # the cluster is shared: other tests' actors are not this sweep's
+
     def workers() -> list[dict]:
-        return [a for a in actors().values() if a["ActorClassName"].endswith("Worker")]
+        return [a for key, a in actors().items() if key not in earlier and a["ActorClassName"].endswith("Worker")]
 
     spec = dict(methods=["last", "uniform"], budgets=[0, 1, 2, 3])
     local = run_sweep(harness_spec(tiny_text_dir, LM_TASKS[:1], lm_tasks, **spec), tmp_path / "local")
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     out, got = tmp_path / "ray", {}
-    try:
-        def sweep() -> None:
-            try:
-                got["df"] = run_sweep(harness_spec(tiny_text_dir, LM_TASKS[:1], lm_tasks, **spec), out,
-                                      executor="ray", workers=2)
-            except Exception as exc:  # noqa: BLE001 (shown by the assertion below)
-                got["error"] = repr(exc)
 
-        thread = threading.Thread(target=sweep)
-        thread.start()
-        deadline = time.time() + 300
-        while time.time() < deadline and not ((out / LOG_FILE).exists() and (out / LOG_FILE).read_text().strip()):
-            time.sleep(0.05)
-        alive = [a for a in workers() if a["State"] == "ALIVE"]
-        assert alive, "no live Worker actor to kill"
-        os.kill(alive[0]["Pid"], signal.SIGKILL)
-        thread.join(timeout=600)
-        restarts = max(a["NumRestarts"] for a in workers())
-    finally:
-        ray.shutdown()
+    def sweep() -> None:
+        try:
+            got["df"] = run_sweep(harness_spec(tiny_text_dir, LM_TASKS[:1], lm_tasks, **spec), out,
+                                  executor="ray", workers=2)
+        except Exception as exc:  # noqa: BLE001 (shown by the assertion below)
+            got["error"] = repr(exc)
+
+    thread = threading.Thread(target=sweep)
+    thread.start()
+    deadline = time.time() + 300
+    while time.time() < deadline and not ((out / LOG_FILE).exists() and (out / LOG_FILE).read_text().strip()):
+        time.sleep(0.05)
+    alive = [a for a in workers() if a["State"] == "ALIVE"]
+    assert alive, "no live Worker actor to kill"
+    os.kill(alive[0]["Pid"], signal.SIGKILL)
+    thread.join(timeout=600)
+    restarts = max(a["NumRestarts"] for a in workers())
     assert "df" in got, got.get("error", "the Ray sweep did not finish")
     assert restarts >= 1, "the killed actor was not restarted"
     pd.testing.assert_frame_equal(comparable(local), comparable(got["df"]))

@@ -14,7 +14,7 @@ from layercut.data.encode import encode_batches
 from layercut.errors import LayercutError
 from layercut.heal import HEAL_FILE, HealStats, heal, healed
 from layercut.models import auto_class
-from tests.test_cli import run, text_calib  # noqa: F401 - fixture
+from tests.test_cli import run
 
 
 @torch.no_grad()
@@ -22,7 +22,7 @@ def logits(model, inputs):
     return model(**inputs, use_cache=False).logits
 
 
-def test_heal_lowers_loss_and_merged_checkpoint_reloads_equal(tiny_text_dir, text_calib, tmp_path):  # noqa: F811
+def test_heal_lowers_loss_and_merged_checkpoint_reloads_equal(tiny_text_dir, text_calib, tmp_path):
     adapter = api.load_model(str(tiny_text_dir))
     surgery.drop_layers(adapter, [2, 3])
     samples = api.calibration(str(text_calib))
@@ -49,7 +49,7 @@ def test_heal_lowers_loss_and_merged_checkpoint_reloads_equal(tiny_text_dir, tex
     assert torch.equal(logits(adapter.model, inputs), logits(reloaded, inputs))
 
 
-def test_healed_view_is_undone_bit_for_bit(tiny_text_dir, text_calib):  # noqa: F811
+def test_healed_view_is_undone_bit_for_bit(tiny_text_dir, text_calib):
     adapter = api.load_model(str(tiny_text_dir))
     samples = api.calibration(str(text_calib))
     inputs = surgery.probe_inputs(adapter)
@@ -69,7 +69,7 @@ def test_healed_view_is_undone_bit_for_bit(tiny_text_dir, text_calib):  # noqa: 
     assert not hasattr(adapter.model, "peft_config")
 
 
-def test_heal_is_seeded(tiny_text_dir, text_calib):  # noqa: F811
+def test_heal_is_seeded(tiny_text_dir, text_calib):
     samples = api.calibration(str(text_calib))
     runs = []
     for _ in range(2):
@@ -78,7 +78,7 @@ def test_heal_is_seeded(tiny_text_dir, text_calib):  # noqa: F811
     assert runs[0] == runs[1]
 
 
-def test_heal_command_uses_the_recorded_calibration(tiny_text_dir, text_calib, tmp_path, capsys):  # noqa: F811
+def test_heal_command_uses_the_recorded_calibration(tiny_text_dir, text_calib, tmp_path, capsys):
     pruned, healed_dir = tmp_path / "pruned", tmp_path / "healed"
     code, _, err = run(["prune", "--model", tiny_text_dir, "--calib", text_calib, "--method", "math",
                         "--budget", "2", "--out", pruned], capsys)
@@ -100,7 +100,7 @@ def test_heal_command_uses_the_recorded_calibration(tiny_text_dir, text_calib, t
     assert (healed_dir / "tokenizer.json").is_file()
 
 
-def test_heal_errors(tiny_text_dir, text_calib, tmp_path, capsys):  # noqa: F811
+def test_heal_errors(tiny_text_dir, text_calib, tmp_path, capsys):
     code, _, err = run(["heal", "--model", tiny_text_dir, "--out", tmp_path / "h"], capsys)
     assert code == 2 and "--data" in err and not (tmp_path / "h").exists()
     adapter = api.load_model(str(tiny_text_dir))
@@ -113,7 +113,7 @@ def test_heal_errors(tiny_text_dir, text_calib, tmp_path, capsys):  # noqa: F811
 # ---- interleaved healing (INTERLACE): exactly the named layers, in full --------------------------
 
 
-def test_interleaved_heal_changes_only_the_named_layers(tiny_text_dir, text_calib):  # noqa: F811
+def test_interleaved_heal_changes_only_the_named_layers(tiny_text_dir, text_calib):
     adapter = api.load_model(str(tiny_text_dir))
     kept = surgery.drop_layers(adapter, [2, 3])  # original 1 and 4 are now layers 1 and 2
     state = {k: v.clone() for k, v in adapter.model.state_dict().items()}
@@ -133,7 +133,7 @@ def test_interleaved_heal_changes_only_the_named_layers(tiny_text_dir, text_cali
     assert {n: p.requires_grad for n, p in adapter.model.named_parameters()} == grads
 
 
-def test_interleaved_healed_view_is_undone_bit_for_bit(tiny_text_dir, text_calib):  # noqa: F811
+def test_interleaved_healed_view_is_undone_bit_for_bit(tiny_text_dir, text_calib):
     adapter = api.load_model(str(tiny_text_dir))
     samples = api.calibration(str(text_calib))
     inputs = surgery.probe_inputs(adapter)
@@ -154,7 +154,7 @@ def test_interleaved_healed_view_is_undone_bit_for_bit(tiny_text_dir, text_calib
     assert all(torch.equal(v, adapter.model.state_dict()[k]) for k, v in state.items())
 
 
-def test_interleaved_heal_command_reads_the_interlace_recipe(tiny_text_dir, text_calib, tmp_path):  # noqa: F811
+def test_interleaved_heal_command_reads_the_interlace_recipe(tiny_text_dir, text_calib, tmp_path):
     from layercut.heal import heal_checkpoint
 
     pruned = tmp_path / "pruned"
@@ -173,7 +173,7 @@ def test_interleaved_heal_command_reads_the_interlace_recipe(tiny_text_dir, text
     assert changed and all(k.startswith(now) for k in changed)
 
 
-def test_heal_command_interleaved_trains_the_recipes_layers_and_says_so(tiny_text_dir, text_calib, tmp_path,  # noqa: F811
+def test_heal_command_interleaved_trains_the_recipes_layers_and_says_so(tiny_text_dir, text_calib, tmp_path,
                                                                          capsys):
     pruned, healed_dir = tmp_path / "pruned", tmp_path / "healed"
     code, _, err = run(["prune", "--model", tiny_text_dir, "--calib", text_calib, "--method", "interlace",
@@ -188,7 +188,7 @@ def test_heal_command_interleaved_trains_the_recipes_layers_and_says_so(tiny_tex
     assert f"layers {train} (original indices) were fine-tuned in full" in card and "LoRA" not in card
 
 
-def test_interleaved_errors(tiny_text_dir, text_calib, tmp_path):  # noqa: F811
+def test_interleaved_errors(tiny_text_dir, text_calib, tmp_path):
     from layercut.heal import heal_checkpoint
 
     adapter = api.load_model(str(tiny_text_dir))

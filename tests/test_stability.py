@@ -14,7 +14,7 @@ from layercut.models import Adapter
 from layercut.regimes.stability import Stability, resample, selection_stability, why_not_resamplable
 from layercut.scoring import LayerScores, from_samples, score
 from layercut.selection import select
-from tests.test_cli import run, text_calib  # noqa: F401 - text_calib is a fixture
+from tests.test_cli import run
 from tests.tiny import make_tiny
 
 FIELDS = ("cosine", "angular", "tokens", "zero_norm", "nonfinite", "block_distance", "block_samples", "samples")

@@ -23,13 +23,6 @@ METHODS = ["math", "bi", "block", "last", "uniform", "spacing"]
 TASKS = ["nll-math", "nll-general"]
 
 
-@pytest.fixture(scope="module")
-def scores_path(tiny_text_dir, tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("scores") / "scores.json"
-    api.score(str(tiny_text_dir), "builtin:text:4", max_length=64).save(path)
-    return path
-
-
 def spec_for(model: Path, scores: Path, **kw) -> SweepSpec:
     base = dict(model=str(model), methods=METHODS, budgets=[0, 1, 2, 3], tasks=TASKS,
                 scores=str(scores), limit=6)
@@ -120,17 +113,12 @@ def test_killed_sweep_resumes_to_the_same_table(tiny_text_dir, scores_path, tmp_
 
 
 @pytest.mark.parametrize("adaptive", [None, {"first": 2, "alpha": 0.5}], ids=["full", "adaptive"])
-def test_ray_executor_gives_the_local_table(adaptive, tiny_text_dir, scores_path, tmp_path):
+def test_ray_executor_gives_the_local_table(adaptive, tiny_text_dir, scores_path, tmp_path, ray_cluster):
     """The same table from Ray actors as locally; an adaptive sweep's rounds (one actor pool for
     all of them) also take the same decisions."""
-    ray = pytest.importorskip("ray")
     spec = dict(methods=["math", "uniform", "last"], budgets=[0, 2, 3], adaptive=adaptive)
     local = run_sweep(spec_for(tiny_text_dir, scores_path, **spec), tmp_path / "local")
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    try:
-        remote = run_sweep(spec_for(tiny_text_dir, scores_path, **spec), tmp_path / "ray", executor="ray", workers=2)
-    finally:
-        ray.shutdown()
+    remote = run_sweep(spec_for(tiny_text_dir, scores_path, **spec), tmp_path / "ray", executor="ray", workers=2)
     pd.testing.assert_frame_equal(comparable(local), comparable(remote))
     if adaptive:
         decisions = [json.loads((tmp_path / d / "adaptive.json").read_text()) for d in ("local", "ray")]

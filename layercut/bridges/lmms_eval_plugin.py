@@ -108,8 +108,9 @@ def run_lmms_eval(
 ) -> dict[str, dict[str, Any]]:
     """lmms-eval tasks on `adapter.model` as it is now (e.g. inside `surgery.skipped`).
 
-    Returns {task: {"metric,filter": value}}. `include_defaults=False` indexes only
-    `include_path`; `options` go to lmms-eval's `simple_evaluate`.
+    Returns {task: {"metric,filter": value}}. lmms-eval's own tasks are indexed only when
+    `include_path` lacks a task, and never with `include_defaults=False`; `options` go to
+    lmms-eval's `simple_evaluate`.
     """
     from layercut.bridges.lm_eval_bridge import plain_metrics
     from layercut.evaluation import harness

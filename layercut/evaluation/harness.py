@@ -116,8 +116,6 @@ def parse(label: str) -> tuple[str, str, str]:
 def prepare(label: str, include_path: str | None = None, include_defaults: bool = True) -> HarnessTask:
     """Load a harness task once (task manager, task objects, documents) and check it can run."""
     harness, name, domain = parse(label)
-    if include_path and include_defaults and _manager(harness, include_path, False).match_tasks([name]):
-        include_defaults = False  # found in include_path: no need to index the harness's own tasks
     manager, objects = load(harness, [name], include_path, include_defaults)
     leaves = _leaves(objects)
     if harness == "lmms-eval" and len(leaves) > 1:  # its evaluator gets tasks, so no group aggregate
@@ -134,7 +132,10 @@ def load(harness: str, names: list[str], include_path: str | None = None,
     LLM judge, and one whose documents cannot be read here."""
     if not names:
         raise LayercutError(f"no {harness} task given: name at least one task")
-    manager = _manager(harness, include_path, include_defaults)
+    manager = _manager(harness, include_path, False) if include_path else None
+    if manager is None or (include_defaults and not all(manager.match_tasks([n]) for n in names)):
+        # Indexing the harness's own tasks (~15k YAML files, ~4 s) only when include_path lacks one.
+        manager = _manager(harness, include_path, include_defaults)
     for name in names:
         if not manager.match_tasks([name]):
             close = difflib.get_close_matches(name, list(manager.all_tasks), n=5, cutoff=0.6)

@@ -3,7 +3,9 @@
 Each entry is materialised once as a plain HF folder under the user's cache. A built folder
 records what it was built from (`STAMP`: e.g. the package version, the committed weights'
 digest); a folder built from other sources, e.g. before an upgrade of layercut's tiny-llava
-weights, is rebuilt on next use instead of being used stale.
+weights, is rebuilt on next use instead of being used stale. Two processes that ask for the same
+entry at once (two pytest workers, two users' jobs on one node) build it once: the second waits on
+a lock file beside the folder and then finds it built.
 """
 
 from __future__ import annotations
@@ -13,6 +15,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
+
+from filelock import FileLock
 
 from layercut.io import atomic_dir
 
@@ -50,8 +54,12 @@ def state(entry: ZooEntry) -> str:
 def materialise(entry: ZooEntry) -> str:
     """The entry's cached folder, built on first use and rebuilt when stale."""
     path = cache_dir() / entry.name
-    if state(entry) != "built":
-        with atomic_dir(path, overwrite=True) as tmp:
-            entry.build(tmp)
-            (tmp / STAMP).write_text(json.dumps({"source": entry.source()}) + "\n")
+    if state(entry) == "built":
+        return str(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(path.parent / f".{entry.name}.lock"):
+        if state(entry) != "built":  # another process may have built it while we waited
+            with atomic_dir(path, overwrite=True) as tmp:
+                entry.build(tmp)
+                (tmp / STAMP).write_text(json.dumps({"source": entry.source()}) + "\n")
     return str(path)
