@@ -62,7 +62,7 @@ COMPAT_TESTS := tests/test_compat.py tests/test_tiny_models.py tests/test_new_fa
 COMPAT_MARKERS := not slow and not needs_data
 COMPAT_RUNS := $(addprefix test-compat-,$(COMPAT_TF))
 
-.PHONY: test-compat test-wheel $(COMPAT_RUNS)
+.PHONY: test-compat test-wheel test-tf4 $(COMPAT_RUNS)
 .PRECIOUS: .venv-tf%/.installed
 
 .venv-tf%/.installed: constraints-compat.txt
@@ -85,3 +85,20 @@ test-compat: $(COMPAT_RUNS)
 # SmolLM2 from outside the checkout, and one missing extra's error (tests/wheel_check.sh).
 test-wheel: setup .venv-tf5.17.0/.installed
 	tests/wheel_check.sh .venv-tf5.17.0
+
+# A pruned default model and a pruned `random:` Qwen2.5, made here (transformers 5), read by
+# transformers 4.57.6: the same greedy ids and logits (tests/tf4_check.py; its control, the same
+# folder without `rope_theta`, must differ). Only torch, transformers and safetensors in that venv.
+TF4 := 4.57.6
+.venv-t4/.installed: constraints-compat.txt
+	rm -rf .venv-t4
+	python3 -m venv .venv-t4
+	$(call COMPAT_PIP,.venv-t4) torch==2.13.0
+	$(call COMPAT_PIP,.venv-t4) transformers==$(TF4) safetensors numpy
+	touch $@
+
+test-tf4: setup .venv-t4/.installed
+	@out=$$(mktemp -d); \
+	$(PY) tests/tf4_check.py make $$out/pruned && .venv-t4/bin/python tests/tf4_check.py check $$out/pruned; \
+	rc=$$?; rm -rf $$out; exit $$rc
+

@@ -387,6 +387,7 @@ def heal_checkpoint(
     recipe_path = src / card.RECIPE_FILE
     with atomic_dir(out, overwrite=overwrite) as tmp:
         surgery.save_model(adapter, tmp)
+        surgery.write_config(adapter, tmp)  # the source's config.json, as prune writes it
         surgery.save_processor(adapter, tmp)
         verify = surgery.verify_reload(adapter, tmp, inputs)
         stats.save(tmp / HEAL_FILE)

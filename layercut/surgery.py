@@ -85,6 +85,12 @@ def check_drop(drop: Iterable[int], num_layers: int, protect: Iterable[int]) -> 
     return drop
 
 
+def depth_fields(adapter: Any) -> tuple[str, ...]:
+    """The text-config fields that removing layers changes (`drop_layers` edits exactly these)."""
+    return (*PER_LAYER_LISTS, *WINDOW_PATTERNS, *adapter.family.index_lists, "max_window_layers",
+            "num_hidden_layers")
+
+
 def drop_layers(adapter: Any, drop: Iterable[int]) -> list[int]:
     """Remove `drop` (original indices) from the model in place; return the kept indices."""
     drop_set = set(drop)
@@ -159,13 +165,12 @@ def skipped(adapter: Any, drop: Iterable[int]) -> Iterator[list[int]]:
     cfg = adapter.text_config
     layers = adapter.layers
     index_lists = adapter.family.index_lists
-    names = (*PER_LAYER_LISTS, *WINDOW_PATTERNS, *index_lists, "max_window_layers")
-    saved_cfg = {n: getattr(cfg, n) for n in names if hasattr(cfg, n)}
+    saved_cfg = {n: getattr(cfg, n) for n in depth_fields(adapter) if hasattr(cfg, n)}
     saved_decoder = {n: getattr(adapter.decoder, n) for n in index_lists if hasattr(adapter.decoder, n)}
     saved_idx = [
         (m, m.layer_idx) for layer in layers for m in layer.modules() if hasattr(m, "layer_idx")
     ]
-    saved_n = cfg.num_hidden_layers
+    saved_n = saved_cfg.pop("num_hidden_layers")
     saved_map = getattr(adapter.model, "hf_device_map", None)
     try:
         yield drop_layers(adapter, drop)
@@ -177,7 +182,7 @@ def skipped(adapter: Any, drop: Iterable[int]) -> Iterator[list[int]]:
             setattr(cfg, n, v)
         for n, v in saved_decoder.items():
             setattr(adapter.decoder, n, v)
-        cfg.num_hidden_layers = saved_n
+        cfg.num_hidden_layers = saved_n  # last, as in drop_layers (5.x validates the lists against it)
         if saved_map is not None:
             adapter.model.hf_device_map = saved_map
 
@@ -335,6 +340,7 @@ def prune(
     )
     with atomic_dir(out, overwrite=overwrite) as tmp:
         save_model(adapter, tmp)
+        write_config(adapter, tmp)
         save_processor(adapter, tmp)
         recipe.verify = verify_reload(adapter, tmp, inputs)
         recipe.save(tmp / RECIPE_FILE)
@@ -352,6 +358,47 @@ def save_model(adapter: Any, folder: Path) -> None:
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Attempting to save a model with offloaded modules")
         adapter.model.save_pretrained(folder)
+
+
+def write_config(adapter: Any, folder: Path) -> None:
+    """config.json as the source folder's own file with only what depth changes edited (the
+    `depth_fields` of the text config, and the dtype where the weights were saved in another one),
+    its layout and keys otherwise kept, plus the RoPE keys transformers 4.x reads beside a
+    transformers 5 `rope_parameters` block. Without a source folder (a hub id, an in-memory
+    model): save_pretrained's file, with those RoPE keys. The reload check reads this file."""
+    from layercut.models.compat import transformers4_keys
+
+    saved = json.loads((folder / "config.json").read_text())
+    source = Path(getattr(adapter, "path", "") or "") / "config.json"
+    config = json.loads(source.read_text()) if source.is_file() else saved
+    text, pruned = _text_section(adapter, config), adapter.text_config
+    for name in depth_fields(adapter):
+        if not hasattr(pruned, name):
+            continue
+        value, old = getattr(pruned, name), text.get(name)
+        if name in text or value is not None:
+            text[name] = list(value) if isinstance(value, tuple) else value
+        if text is not config and name in config and config[name] == old:  # a flat copy 4.x reads
+            config[name] = text[name]
+    dtype = saved.get("dtype", saved.get("torch_dtype"))
+    for section in {id(config): config, id(text): text}.values():
+        for key in ("dtype", "torch_dtype"):
+            if key in section and dtype is not None:
+                section[key] = dtype
+        transformers4_keys(section)
+    (folder / "config.json").write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n")
+
+
+def _text_section(adapter: Any, config: dict[str, Any]) -> dict[str, Any]:
+    """The part of a config.json dict that holds the decoder's settings: the top level, or the
+    sub-config the model's config keeps its text config under (e.g. `text_config`), where the
+    file has it (configs written before transformers 5 kept some VLMs' text settings flat)."""
+    text = adapter.text_config
+    if text is adapter.model.config:
+        return config
+    key = next((k for k, v in vars(adapter.model.config).items() if v is text), None)
+    section = config.get(key) if key else None
+    return section if isinstance(section, dict) else config
 
 
 # What a source folder's tokenizer and processor consist of (transformers 4.x and 5.x names).

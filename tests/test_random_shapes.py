@@ -32,6 +32,9 @@ def test_random_shape_scores_and_prunes_at_real_size(tmp_path, monkeypatch):
                 "num_key_value_heads", "vocab_size", "tie_word_embeddings", "max_window_layers"):
         assert saved[key] == real[key], key
     assert saved["dtype"] == "bfloat16"
+    # what transformers 4.x and llama.cpp's converter read: the RoPE base, a tokenizer class they know
+    assert saved["rope_theta"] == saved["rope_parameters"]["rope_theta"]
+    assert json.loads((folder / "tokenizer_config.json").read_text())["tokenizer_class"] == "PreTrainedTokenizerFast"
     adapter = api.load_model(f"random:{NAME}", "bf16")
     assert abs(models.parameter_count(adapter.model) / shapes.parameters(NAME) - 1) < 0.02
     ids = adapter.tokenizer("Depth pruning at real size.")["input_ids"]

@@ -36,6 +36,8 @@ def test_gguf_converts_once_into_a_plain_folder(tmp_path, monkeypatch):
     config = json.loads((path / "config.json").read_text())
     assert config["model_type"] == "llama" and config["num_hidden_layers"] == 30
     assert "quantization_config" not in config
+    # transformers 4.x reads the RoPE base only here (without it: 10000, and other logits)
+    assert config["rope_theta"] == config["rope_parameters"]["rope_theta"] == 100000.0
     # The class the model's own release names (transformers 4.x and llama.cpp refuse
     # "TokenizersBackend", which transformers 5 writes for a GGUF-born tokenizer).
     assert json.loads((path / "tokenizer_config.json").read_text())["tokenizer_class"] == "GPT2Tokenizer"
@@ -58,6 +60,8 @@ def test_score_prune_reload_on_the_real_model(default_path, tmp_path):
     assert len(sel.drop) == 6 and not {0, 29} & set(sel.drop)
     recipe = api.prune(adapter, scores=scores, method="math", budget=6, out=tmp_path / "p")
     assert recipe.verify["max_abs_logit_diff"] == 0.0 and recipe.verify["missing_keys"] == 0
+    config = json.loads((tmp_path / "p" / "config.json").read_text())
+    assert config["num_hidden_layers"] == 24 and config["rope_theta"] == 100000.0
     reloaded = models.load(str(tmp_path / "p"))
     assert reloaded.num_layers == 24
     prompt = "Question: what is 2 plus 3?\nAnswer:"

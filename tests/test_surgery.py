@@ -207,3 +207,60 @@ def test_tokenizer_files_are_copied_verbatim(tiny_text_dir, tmp_path):
     assert "tokenizer_config.json" in names and "tokenizer.json" in names
     for name in names:
         assert (tmp_path / "out" / name).read_bytes() == (src / name).read_bytes(), name
+
+
+@pytest.mark.parametrize("family", FAMILY_IDS)
+def test_the_pruned_config_is_the_sources_file_with_only_depth_edited(family, tmp_path):
+    """Every key and value of the source's config.json is kept but the depth fields (edited as the
+    in-memory config was) and the RoPE keys transformers 4.x reads, added beside `rope_parameters`."""
+    tiny = make_tiny(family, num_layers=7)
+    src = tmp_path / "src"
+    tiny.model.save_pretrained(src)
+    source = json.loads((src / "config.json").read_text())
+    source["layercut_test_marker"] = {"kept": [1, 2]}  # a key no transformers version writes
+    (src / "config.json").write_text(json.dumps(source, indent=2))
+    adapter = models.load(str(src))
+    drop = drop_set(adapter)
+    inputs = adapter.complete_inputs(tiny.inputs(batch=2, with_image=tiny.vision))  # the folder has no tokenizer
+    recipe = surgery.prune(adapter, drop, tmp_path / "out", inputs=inputs)
+    assert recipe.verify["max_abs_logit_diff"] == 0.0 and recipe.verify["missing_keys"] == 0
+    pruned = json.loads((tmp_path / "out" / "config.json").read_text())
+    assert list(pruned)[: len(source)] == list(source), "the source's keys, in its order"
+    nested = "text_config" in source
+    sections = [(source, pruned)] + ([(source["text_config"], pruned["text_config"])] if nested else [])
+    kept = [i for i in range(7) if i not in drop]
+    for before, after in sections:
+        added = set(after) - set(before)
+        assert added <= {"rope_theta", "rope_scaling", "rope_local_base_freq"}, added
+        for key, value in before.items():
+            if key in surgery.depth_fields(adapter) or (nested and before is source and key == "text_config"):
+                continue  # the text config is compared as its own section
+            assert after[key] == value, (key, value, after[key])
+        rope = before.get("rope_parameters")
+        if isinstance(rope, dict) and "rope_theta" in rope and "rope_theta" not in before:
+            assert after["rope_theta"] == rope["rope_theta"]
+    text_before, text_after = sections[-1]
+    assert text_after["num_hidden_layers"] == 7 - len(drop)
+    if isinstance(text_before.get("layer_types"), list):
+        assert text_after["layer_types"] == [text_before["layer_types"][i] for i in kept]
+    assert pruned["layercut_test_marker"] == {"kept": [1, 2]}
+
+
+def test_transformers4_keys_for_each_rope_layout():
+    from layercut.models.compat import transformers4_keys
+
+    assert transformers4_keys({"rope_parameters": {"rope_theta": 1e5, "rope_type": "default"}}) == {
+        "rope_parameters": {"rope_theta": 1e5, "rope_type": "default"}, "rope_theta": 1e5}
+    llama3 = {"rope_theta": 5e5, "rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0}
+    got = transformers4_keys({"rope_parameters": dict(llama3)})
+    assert got["rope_theta"] == 5e5 and got["rope_scaling"] == {"rope_type": "llama3", "factor": 8.0,
+                                                                "low_freq_factor": 1.0}
+    mrope = transformers4_keys({"rope_parameters": {"rope_theta": 1e6, "rope_type": "default",
+                                                    "mrope_section": [16, 24, 24]}})
+    assert mrope["rope_scaling"] == {"rope_type": "default", "mrope_section": [16, 24, 24]}
+    gemma = transformers4_keys({"rope_parameters": {"full_attention": {"rope_theta": 1e6, "rope_type": "default"},
+                                                    "sliding_attention": {"rope_theta": 1e4, "rope_type": "default"}}})
+    assert (gemma["rope_theta"], gemma["rope_local_base_freq"]) == (1e6, 1e4) and "rope_scaling" not in gemma
+    kept = transformers4_keys({"rope_theta": 7.0, "rope_parameters": {"rope_theta": 1e5}})
+    assert kept["rope_theta"] == 7.0, "a key the file already has is left alone"
+    assert transformers4_keys({"hidden_size": 8}) == {"hidden_size": 8}

