@@ -264,3 +264,15 @@ def test_transformers4_keys_for_each_rope_layout():
     kept = transformers4_keys({"rope_theta": 7.0, "rope_parameters": {"rope_theta": 1e5}})
     assert kept["rope_theta"] == 7.0, "a key the file already has is left alone"
     assert transformers4_keys({"hidden_size": 8}) == {"hidden_size": 8}
+
+
+def test_a_folder_without_tokenizer_files_has_no_tokenizer_and_still_prunes(tmp_path):
+    """transformers 5 builds a Qwen2 tokenizer of one special token from a folder without tokenizer
+    files; taken as the model's, it encodes the reload check's text to nothing (a torch error)."""
+    tiny = make_tiny("qwen2", num_layers=7)
+    tiny.model.save_pretrained(tmp_path / "src")
+    adapter = models.load(str(tmp_path / "src"))
+    assert adapter.tokenizer is None
+    recipe = surgery.prune(adapter, [3], tmp_path / "out")  # the check runs on fixed token ids
+    assert recipe.verify["max_abs_logit_diff"] == 0.0 and recipe.verify["missing_keys"] == 0
+

@@ -424,9 +424,15 @@ def load_processor(path: str | Path, family: Family) -> Any:
     loaders.append(transformers.AutoTokenizer)
     for loader in loaders:
         try:
-            return loader.from_pretrained(path)
+            loaded = loader.from_pretrained(path)
         except (OSError, ValueError, TypeError, KeyError, ImportError):
             continue
+        tokenizer = getattr(loaded, "tokenizer", loaded)
+        if hasattr(tokenizer, "all_special_tokens") and len(tokenizer) <= len(tokenizer.all_special_tokens):
+            # transformers 5 builds a tokenizer of special tokens only for a folder without
+            # tokenizer files (Qwen2: one token), which encodes any text to no tokens at all.
+            continue
+        return loaded
     return None
 
 
