@@ -11,7 +11,7 @@ import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 if os.environ.get("PYTEST_XDIST_WORKER"):
-    # `make test` runs one worker per core (pytest -n 2): one torch thread each, and the same for
+    # `make test` runs one worker per core (pytest -n auto): one torch thread each, and the same for
     # the processes a test starts, or four threads fight over two cores.
     os.environ["OMP_NUM_THREADS"] = "1"
     torch.set_num_threads(1)
