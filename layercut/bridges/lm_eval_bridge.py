@@ -37,9 +37,9 @@ def run_lm_eval(
     """Run lm-eval tasks on `adapter.model` as it is now; return {task: {"metric,filter": value}}.
 
     lm-eval's own ~15k task files (~4 s to index) are indexed only when `include_path` lacks a
-    task, and never with `include_defaults=False`. `options` go to `lm_eval.simple_evaluate` unchanged (e.g.
-    `apply_chat_template=True`, `gen_kwargs`, `bootstrap_iters`). Values are plain floats
-    (stderr may be the string "N/A").
+    task, and never with `include_defaults=False`. `options` go to `lm_eval.simple_evaluate`
+    unchanged (e.g. `apply_chat_template=True`, `gen_kwargs`, `bootstrap_iters`). Values are
+    plain floats (stderr may be the string "N/A").
     """
     from layercut.evaluation import harness
 
